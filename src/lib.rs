@@ -1,0 +1,21 @@
+//! wsechod: a WebSocket echo daemon for systemd, with Prometheus metrics.
+//!
+//! See ARCHITECTURE.md for the map of these modules and their invariants.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod metrics_endpoint;
+pub mod server;
+pub mod settings;
+pub mod signals;
+pub mod state;
+pub mod systemd;

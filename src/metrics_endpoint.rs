@@ -1,0 +1,112 @@
+//! The metrics listener: `GET /metrics` (Prometheus text format), `/healthz` (the process
+//! runs) and `/readyz` (serving; 503 before READY and from the moment a drain starts).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::http::text;
+use crate::metrics::CONTENT_TYPE;
+use crate::server::Shared;
+
+/// Time a scraper has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the metrics listener until `stop` is cancelled.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                std::future::ready(Ok::<_, Infallible>(route(&req, &shared)))
+            });
+            let result = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "metrics connection failed");
+            }
+        });
+    }
+}
+
+/// Answers one request on the metrics listener.
+pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    route_parts(req.method(), req.uri().path(), shared)
+}
+
+fn route_parts(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    let plain = |status, body| text(status, body, None).expect("static response");
+    if method != Method::GET && method != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            Some((header::ALLOW, "GET, HEAD")),
+        )
+        .expect("static response");
+    }
+    match path {
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            resp
+        }
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.ready.load(Ordering::Acquire) => plain(StatusCode::OK, "ready\n"),
+        "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::settings::Settings;
+
+    #[test]
+    fn routes() {
+        let shared = Shared::new(Settings::default(), Arc::new(Metrics::new()));
+        let get = |p| route_parts(&Method::GET, p, &shared).status();
+        assert_eq!(get("/healthz"), StatusCode::OK);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        shared.ready.store(true, Ordering::Release);
+        assert_eq!(get("/readyz"), StatusCode::OK);
+        assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
+        let m = route_parts(&Method::GET, "/metrics", &shared);
+        assert_eq!(m.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(
+            route_parts(&Method::POST, "/metrics", &shared).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The WebSocket listener: accept loop, HTTP handshake through hyper, then hand-over of the
+//! upgraded socket to [`crate::connection`].
+//!
+//! The caller binds the listener and owns shutdown (`run(listener, shared, stop)`), so tests
+//! bind port 0 and the daemon can bind every address before it reports ready.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::connection;
+use crate::http::{self, Decision};
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::state::{AbortReason, ConnTracker};
+
+/// State shared by the listeners, every connection and the daemon's life cycle.
+pub struct Shared {
+    /// Current settings; replaced on reload, read once per new connection.
+    pub settings: ArcSwap<Settings>,
+    /// All metrics, including the connection-state gauges.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the drain starts: open connections send close 1000.
+    pub drain: CancellationToken,
+    /// Cancelled when the drain ends: connections still open are aborted.
+    pub abort: CancellationToken,
+    /// Every connection task, so the drain can wait for them all.
+    pub tasks: TaskTracker,
+    /// True from READY until the drain starts (`/readyz`).
+    pub ready: AtomicBool,
+    /// Connections being served now (handshaking or open), for `max_connections`.
+    active: AtomicUsize,
+    /// Source of connection ids for logs.
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Fresh shared state for `settings`.
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Shared {
+            settings: ArcSwap::from_pointee(settings),
+            metrics,
+            drain: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            ready: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Connections being served now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one place in `Shared::active` for as long as it lives.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// Takes a place and returns it with the number of connections including this one.
+    fn take(active: &'a AtomicUsize) -> (Self, usize) {
+        let n = active.fetch_add(1, Ordering::Relaxed) + 1;
+        (Slot(active), n)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request from the watchdog: answer to prove the accept loop is being polled.
+pub type Probe = oneshot::Sender<()>;
+
+/// Accepts connections on `listener` until `stop` is cancelled, then drops the listener so
+/// that new connection attempts are refused. Each connection runs in its own task, tracked
+/// in `shared.tasks`. `probes` lets the watchdog check that this loop is alive.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut probes: mpsc::Receiver<Probe>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(probe) = probes.recv() => { let _ = probe.send(()); }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    let span = info_span!("conn", id, %peer);
+                    let shared2 = shared.clone();
+                    shared.tasks.spawn(handle(stream, shared2).instrument(span));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+}
+
+/// Serves one TCP connection from accept to end.
+async fn handle(stream: TcpStream, shared: Arc<Shared>) {
+    let (_slot, active) = Slot::take(&shared.active);
+    let settings = shared.settings.load_full();
+    let tracker = ConnTracker::new(shared.metrics.clone());
+    let over_limit = active > settings.max_connections;
+    let _ = stream.set_nodelay(true);
+    tokio::select! {
+        biased;
+        () = shared.abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+        () = serve(stream, &tracker, &settings, &shared, over_limit) => {}
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    tracker: &ConnTracker,
+    settings: &Settings,
+    shared: &Shared,
+    over_limit: bool,
+) {
+    let Some(upgraded) = handshake(stream, tracker, settings, &shared.metrics, over_limit).await
+    else {
+        return;
+    };
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(settings.ws))
+            .await;
+    debug!("WebSocket open");
+    connection::serve(ws, tracker, &shared.metrics, settings, &shared.drain).await;
+}
+
+/// Runs the HTTP exchange. Returns the upgraded socket after a 101, or `None` after
+/// recording why the connection ended.
+async fn handshake(
+    stream: TcpStream,
+    tracker: &ConnTracker,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    over_limit: bool,
+) -> Option<hyper::upgrade::Upgraded> {
+    // The service runs inside hyper; it leaves the pending upgrade here for us.
+    let slot: Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>> = Arc::default();
+    let service = {
+        let slot = slot.clone();
+        let metrics = metrics.clone();
+        let path = settings.path.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            let decision = http::decide(&req, &path, over_limit);
+            match &decision {
+                Decision::Upgrade { .. } => {
+                    let on = hyper::upgrade::on(&mut req);
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(on);
+                }
+                Decision::Reject(r) => {
+                    debug!(
+                        status = r.status.as_u16(),
+                        path = req.uri().path(),
+                        "handshake rejected"
+                    );
+                    metrics.handshake_rejected(r.status.as_u16());
+                }
+            }
+            std::future::ready(Ok::<_, Infallible>(http::response(&decision)))
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(false)
+        .max_buf_size(settings.max_header_size)
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.handshake_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    match tokio::time::timeout(settings.handshake_timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            if e.is_parse_too_large() {
+                metrics.handshake_rejected(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16());
+            }
+            debug!(error = %e, "handshake failed");
+            tracker.aborted(AbortReason::HandshakeFailed);
+            return None;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            tracker.aborted(AbortReason::HandshakeFailed);
+            return None;
+        }
+    }
+    let pending = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(pending) = pending else {
+        tracker.aborted(AbortReason::HandshakeRejected);
+        return None;
+    };
+    match pending.await {
+        Ok(upgraded) => Some(upgraded),
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            tracker.aborted(AbortReason::HandshakeFailed);
+            None
+        }
+    }
+}
+
+/// Address text for logs and STATUS: `ws://127.0.0.1:8080/ws`.
+pub fn ws_url(addr: SocketAddr, path: &str) -> String {
+    format!("ws://{addr}{path}")
+}
