@@ -383,11 +383,13 @@ pub fn load_with_env(
 
     let mut builder = config::Config::builder();
     if let Some(file) = &sources.file {
-        builder = builder.add_source(
-            config::File::from(file.as_path())
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
+        // Read it ourselves: a clear I/O error, and special files such as /dev/null work.
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            origin: file.display().to_string(),
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
@@ -591,7 +593,10 @@ impl Config {
             ));
         }
 
-        if self.metrics.enabled && s.listen.contains(&self.metrics.listen) {
+        if self.metrics.enabled
+            && self.metrics.listen.port() != 0
+            && s.listen.contains(&self.metrics.listen)
+        {
             return Err((
                 "metrics.listen",
                 format!("{} is also in server.listen", self.metrics.listen),

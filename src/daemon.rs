@@ -26,7 +26,7 @@ use crate::metrics_endpoint;
 use crate::server::{self, Probe, Shared};
 use crate::settings::Settings;
 use crate::signals::{Signal, Signals};
-use crate::state::ConnState;
+use crate::state::{AbortReason, ConnState};
 use crate::systemd;
 
 /// Backlog of every listening socket: room for bursts of connection attempts.
@@ -375,6 +375,7 @@ impl Daemon {
             elapsed_ms = started.elapsed().as_millis() as u64,
             closed = m.ended(ConnState::Closed),
             aborted = m.ended(ConnState::Aborted),
+            aborted_at_deadline = m.aborted_for(AbortReason::DrainDeadline),
             "drain complete, exiting"
         );
         systemd::status("stopped");

@@ -149,6 +149,10 @@ pub fn text(
     let mut b = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if status.is_client_error() || status.is_server_error() {
+        // One request per connection on the WebSocket listener: hyper closes after this.
+        b = b.header(header::CONNECTION, "close");
+    }
     if let Some((name, value)) = extra {
         b = b.header(name, value);
     }

@@ -190,8 +190,9 @@ async fn handshake(
         })
     };
     let mut builder = http1::Builder::new();
+    // Keep-alive stays on (hyper would otherwise overwrite the 101's `Connection: Upgrade`);
+    // error responses carry `Connection: close` and the whole exchange is bounded anyway.
     builder
-        .keep_alive(false)
         .max_buf_size(settings.max_header_size)
         .timer(TokioTimer::new())
         .header_read_timeout(settings.handshake_timeout);

@@ -1,0 +1,114 @@
+//! The HTTP front: statuses for everything that is not a valid upgrade.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::{UPGRADE, daemon, http_get, http_raw};
+
+#[tokio::test]
+async fn statuses() {
+    let d = daemon().start().await;
+    let addr = d.ws_addr();
+
+    let (status, text) = http_get(addr, "/ws", &[]).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.ends_with("not a WebSocket request\n"), "{text}");
+
+    let (status, _) = http_get(addr, "/elsewhere", &[]).await;
+    assert_eq!(status, 404);
+
+    let (status, text) = http_raw(
+        addr,
+        b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.to_ascii_lowercase().contains("allow: get"), "{text}");
+
+    let mut headers = UPGRADE.to_vec();
+    headers[2] = ("Sec-WebSocket-Version", "8");
+    let (status, text) = http_get(addr, "/ws", &headers).await;
+    assert_eq!(status, 426, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{text}"
+    );
+
+    let mut headers = UPGRADE.to_vec();
+    headers[3] = ("Sec-WebSocket-Key", "not base64");
+    let (status, _) = http_get(addr, "/ws", &headers).await;
+    assert_eq!(status, 400);
+
+    let mut ws = d.connect().await;
+    crate::util::echo(&mut ws, "still fine".into()).await;
+
+    let text = d.scrape().await;
+    for (code, n) in [("400", 2.0), ("404", 1.0), ("405", 1.0), ("426", 1.0)] {
+        let series = format!("wsechod_handshakes_rejected_total{{status=\"{code}\"}}");
+        assert_eq!(crate::util::metric_value(&text, &series), n, "{series}");
+    }
+}
+
+#[tokio::test]
+async fn configured_path_is_used() {
+    let d = daemon()
+        .config("[server]\npath = \"/echo\"\n")
+        .start()
+        .await;
+    let (status, _) = http_get(d.ws_addr(), "/ws", &[]).await;
+    assert_eq!(status, 404);
+    let mut ws = crate::util::connect(&format!("ws://{}/echo", d.ws_addr())).await;
+    crate::util::echo(&mut ws, "hi".into()).await;
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let d = daemon()
+        .config("[server]\nmax_header_size = \"8KiB\"\n")
+        .start()
+        .await;
+    let big = "a".repeat(16 * 1024);
+    let (status, _) = http_get(d.ws_addr(), "/ws", &[("X-Big", &big)]).await;
+    assert_eq!(status, 431);
+}
+
+#[tokio::test]
+async fn slow_client_is_dropped_after_handshake_timeout() {
+    let d = daemon()
+        .config("[server]\nhandshake_timeout = \"500ms\"\n")
+        .start()
+        .await;
+    let mut s = TcpStream::connect(d.ws_addr()).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The server must end the connection; the bound is generous, the point is "not never".
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("a slow client must be dropped")
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    d.wait_metric(
+        "wsechod_connections_aborted_total{reason=\"handshake_failed\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_bytes_get_an_error_not_a_hang() {
+    let d = daemon().start().await;
+    let (status, _) = http_raw(
+        d.ws_addr(),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    )
+    .await;
+    assert!(status == 400 || status == 0, "{status}");
+    d.wait_metric("wsechod_connections{state=\"connecting\"}", 0.0)
+        .await;
+}

@@ -1,0 +1,305 @@
+//! Life cycle under a notify socket the test owns: READY, STATUS, STOPPING, the SIGTERM
+//! drain, SIGHUP reload, socket activation and the watchdog.
+
+use std::os::fd::OwnedFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::util::{TIMEOUT, daemon, echo, recv};
+
+#[tokio::test]
+async fn ready_after_bind_then_stopping_on_sigterm() {
+    let mut d = daemon().start().await;
+    // READY=1 came with a STATUS naming where we listen, and the port accepts right away.
+    let first = &d.messages[0];
+    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
+    assert!(first.contains("STATUS=serving ws://127.0.0.1:"), "{first}");
+    let mut ws = d.connect().await;
+    echo(&mut ws, Message::text("x")).await;
+    drop(ws);
+    d.signal(Signal::SIGTERM);
+    let msg = d.wait_for_notify("STOPPING=1").await;
+    assert!(msg.contains("STATUS=draining"), "{msg}");
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+}
+
+#[tokio::test]
+async fn drain_echoes_everything_read_then_closes_with_1000() {
+    const CLIENTS: usize = 40;
+    let mut d = daemon()
+        .config("[shutdown]\ndrain_timeout = \"10s\"\nclose_reason = \"maintenance\"\n")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(d.connect().await);
+    }
+    // Phase 1: 50 messages each, all echoed (so the server has read them).
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for i in 0..50 {
+            ws.feed(Message::text(format!("{c}:{i}"))).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+    }
+    let mut received = vec![Vec::new(); CLIENTS];
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for _ in 0..50 {
+            received[c].push(recv(ws).await);
+        }
+    }
+    // Phase 2: a burst in flight while SIGTERM arrives.
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for i in 50..100 {
+            ws.feed(Message::text(format!("{c}:{i}"))).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+    }
+    let started = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut ws)| {
+            let mut got = std::mem::take(&mut received[c]);
+            tokio::spawn(async move {
+                let close = loop {
+                    match recv(&mut ws).await {
+                        Message::Close(frame) => break frame,
+                        m => got.push(m),
+                    }
+                };
+                // tungstenite answers the close; the server then ends the connection.
+                while let Some(Ok(_)) = ws.next().await {}
+                (c, got, close)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (c, got, close) = t.await.unwrap();
+        let close = close.expect("a close frame with a code");
+        assert_eq!(close.code, CloseCode::Normal);
+        assert_eq!(close.reason.as_str(), "maintenance");
+        // The echoes are an unbroken prefix of what was sent: nothing lost or reordered.
+        assert!(got.len() >= 50, "client {c} got {}", got.len());
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(*m, Message::text(format!("{c}:{i}")), "client {c}");
+        }
+    }
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = d.stderr();
+    assert!(
+        log.contains(&format!("closed={CLIENTS} aborted=0")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn silent_client_is_aborted_at_the_drain_deadline() {
+    let mut d = daemon()
+        .config("[shutdown]\ndrain_timeout = \"1s\"\n")
+        .start()
+        .await;
+    let mut polite = d.connect().await;
+    // This one never reads, so it never answers the close frame.
+    let _silent = d.connect().await;
+    d.wait_metric("wsechod_connections{state=\"open\"}", 2.0)
+        .await;
+    let started = Instant::now();
+    d.signal(Signal::SIGTERM);
+    d.wait_for_notify("STOPPING=1").await;
+    // Draining: not ready, and new connections are refused rather than accepted.
+    assert_eq!(d.metrics_get("/readyz").await.0, 503);
+    assert!(tokio::net::TcpStream::connect(d.ws_addr()).await.is_err());
+    // The polite client completes its close handshake.
+    let Message::Close(Some(f)) = recv(&mut polite).await else {
+        panic!("expected close")
+    };
+    assert_eq!(f.code, CloseCode::Normal);
+    while let Some(Ok(_)) = polite.next().await {}
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let log = d.stderr();
+    assert!(
+        log.contains("closed=1 aborted=1 aborted_at_deadline=1"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn second_sigterm_aborts_the_drain() {
+    let mut d = daemon()
+        .config("[shutdown]\ndrain_timeout = \"60s\"\n")
+        .start()
+        .await;
+    let _silent = d.connect().await;
+    d.wait_metric("wsechod_connections{state=\"open\"}", 1.0)
+        .await;
+    d.signal(Signal::SIGTERM);
+    d.wait_for_notify("STOPPING=1").await;
+    let started = Instant::now();
+    d.signal(Signal::SIGINT);
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        d.stderr().contains("aborted_at_deadline=1"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_without_dropping_sessions() {
+    let mut d = daemon().start().await;
+    let mut before = d.connect().await;
+    echo(&mut before, Message::text("plain")).await;
+
+    d.write_config("[websocket]\nreply_prefix = \"> \"\n");
+    d.signal(Signal::SIGHUP);
+    let reloading = d.wait_for_notify("RELOADING=1").await;
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1");
+    assert!(usec.parse::<u64>().unwrap() > 0);
+    let ready = d.wait_for_notify("READY=1").await;
+    assert!(ready.contains("last reload OK"), "{ready}");
+
+    // The old session still works; a new one gets the new prefix.
+    echo(&mut before, Message::text("still here")).await;
+    let mut after = d.connect().await;
+    after.send(Message::text("hi")).await.unwrap();
+    assert_eq!(recv(&mut after).await, Message::text("> hi"));
+    d.wait_metric("wsechod_config_reloads_total{result=\"success\"}", 1.0)
+        .await;
+
+    // A broken file: the old configuration stays.
+    d.write_config("[websocket]\nreply_prefix = 42\nbogus = true\n");
+    d.signal(Signal::SIGHUP);
+    d.wait_for_notify("RELOADING=1").await;
+    let ready = d.wait_for_notify("READY=1").await;
+    assert!(ready.contains("FAILED"), "{ready}");
+    assert!(ready.contains("websocket.bogus"), "{ready}");
+    d.wait_metric("wsechod_config_reloads_total{result=\"failure\"}", 1.0)
+        .await;
+    d.wait_metric("wsechod_config_last_reload_successful", 0.0)
+        .await;
+    let mut third = d.connect().await;
+    third.send(Message::text("hi")).await.unwrap();
+    assert_eq!(recv(&mut third).await, Message::text("> hi"));
+    echo(&mut before, Message::text("and still")).await;
+    assert!(d.stderr().contains(&d.config_path.display().to_string()));
+
+    // A change that needs a restart is reported as such, and nothing else changes.
+    d.write_config("[server]\nworker_threads = 3\n");
+    d.signal(Signal::SIGHUP);
+    d.wait_for_notify("RELOADING=1").await;
+    let ready = d.wait_for_notify("READY=1").await;
+    assert!(
+        ready.contains("restart needed for server.worker_threads"),
+        "{ready}"
+    );
+    echo(&mut before, Message::text("unaffected")).await;
+}
+
+#[tokio::test]
+async fn log_level_changes_on_reload() {
+    let mut d = daemon().start().await;
+    let mut ws = d.connect().await;
+    echo(&mut ws, Message::text("quiet")).await;
+    d.write_config("[log]\nlevel = \"debug\"\n");
+    d.signal(Signal::SIGHUP);
+    d.wait_for_notify("RELOADING=1").await;
+    d.wait_for_notify("READY=1").await;
+    echo(&mut ws, Message::text("loud")).await;
+    let mut other = d.connect().await;
+    echo(&mut other, Message::text("loud")).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while !d.stderr().contains("size=4") {
+        assert!(Instant::now() < deadline, "{}", d.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        d.stderr().contains("log.level: \"info\" -> \"debug\""),
+        "{}",
+        d.stderr()
+    );
+}
+
+/// `sh` execs the daemon with `LISTEN_PID` set to its own PID, like systemd does.
+fn activated(sockets: Vec<(std::net::TcpListener, i32)>, names: &str) -> Command {
+    use command_fds::{CommandFdExt, FdMapping};
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(crate::util::binary())
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env("LISTEN_FDNAMES", names);
+    let mappings = sockets
+        .into_iter()
+        .map(|(l, child_fd)| FdMapping {
+            parent_fd: OwnedFd::from(l),
+            child_fd,
+        })
+        .collect();
+    cmd.fd_mappings(mappings).unwrap();
+    cmd
+}
+
+#[tokio::test]
+async fn socket_activation_uses_the_passed_sockets() {
+    let ws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    // Were the daemon to bind these itself, it would fail: the addresses are taken.
+    let d = daemon()
+        .command(activated(vec![(ws, 3), (metrics, 4)], "websocket:metrics"))
+        .env("WSECHOD_SERVER__LISTEN", &ws_addr.to_string())
+        .env("WSECHOD_METRICS__LISTEN", &metrics_addr.to_string())
+        .start()
+        .await;
+    assert_eq!(d.ws_addr(), ws_addr);
+    assert_eq!(d.metrics_addr(), metrics_addr);
+    let mut c = d.connect().await;
+    echo(&mut c, Message::text("activated")).await;
+    assert_eq!(d.metrics_get("/readyz").await.0, 200);
+    assert!(d.stderr().contains("using sockets passed by systemd"));
+}
+
+#[tokio::test]
+async fn watchdog_pings_at_half_the_interval() {
+    let mut d = daemon().env("WATCHDOG_USEC", "400000").start().await;
+    let window = Duration::from_secs(2);
+    let pings = d
+        .notifications_for(window)
+        .await
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    // One every 200 ms: about 10 in 2 s. Well under 5 would let systemd kill us; far over
+    // 10 would be flooding.
+    assert!((7..=13).contains(&pings), "{pings} pings in {window:?}");
+}
+
+#[tokio::test]
+async fn status_reports_open_connections() {
+    let mut d = daemon().start().await;
+    let _a = d.connect().await;
+    let _b = d.connect().await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let msgs = d.notifications_for(Duration::from_millis(1200)).await;
+        if msgs.iter().any(|m| m.contains("2 open connections")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", d.messages);
+    }
+}
