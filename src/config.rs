@@ -34,6 +34,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// The metrics, health and readiness listener.
     pub metrics: MetricsConfig,
+    /// TLS for `wss://` on the WebSocket listeners.
+    pub tls: TlsConfig,
     /// What SIGTERM does.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -54,8 +56,20 @@ pub struct ServerConfig {
     pub max_header_size: ByteSize,
     /// Connections served at once (handshaking or open); over it, 503 before upgrading.
     pub max_connections: u32,
+    /// Connections at once from one client address; 0 means no limit. Over it: 429.
+    pub max_connections_per_ip: u32,
     /// Tokio worker threads; 0 means one per CPU the process may run on. Restart needed.
     pub worker_threads: u16,
+    /// Exact `Origin` values (scheme://host[:port]) allowed to connect; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Refuse requests without an `Origin` header (403); by default non-browser clients,
+    /// which send none, are allowed.
+    pub require_origin: bool,
+    /// Subprotocols we speak, in no particular order; the first one the client offers that
+    /// is on this list is selected.
+    pub subprotocols: Vec<String>,
+    /// Refuse (400) a client that offers none of `subprotocols`.
+    pub require_subprotocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,7 +80,12 @@ impl Default for ServerConfig {
             handshake_timeout: Dur::secs(10),
             max_header_size: ByteSize(16 * KIB),
             max_connections: 100_000,
+            max_connections_per_ip: 0,
             worker_threads: 0,
+            allowed_origins: Vec::new(),
+            require_origin: false,
+            subprotocols: Vec::new(),
+            require_subprotocol: false,
         }
     }
 }
@@ -89,6 +108,17 @@ pub struct WebSocketConfig {
     pub reply_prefix: String,
     /// Log message contents (truncated) at debug level.
     pub log_message_content: bool,
+    /// Send a ping this often; 0 turns keepalive pings off.
+    pub ping_interval: Dur,
+    /// Abort a connection whose pong has not arrived this long after our ping.
+    pub pong_timeout: Dur,
+    /// Close a connection with no message either way for this long; 0 means never.
+    pub idle_timeout: Dur,
+    /// Close a connection this long after it opened (minus up to 10% random jitter, so
+    /// reconnects spread out); 0 means never.
+    pub max_lifetime: Dur,
+    /// Abort a connection whose peer does not take our echoes for this long.
+    pub write_timeout: Dur,
 }
 
 impl Default for WebSocketConfig {
@@ -101,6 +131,11 @@ impl Default for WebSocketConfig {
             max_write_buffer_size: ByteSize(32 * MIB),
             reply_prefix: String::new(),
             log_message_content: false,
+            ping_interval: Dur::secs(30),
+            pong_timeout: Dur::secs(15),
+            idle_timeout: Dur::secs(0),
+            max_lifetime: Dur::secs(0),
+            write_timeout: Dur::secs(30),
         }
     }
 }
@@ -124,6 +159,23 @@ impl Default for MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
         }
+    }
+}
+
+/// `[tls]`: serve `wss://` when both files are set. SIGHUP re-reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first; empty means plain `ws://`.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
     }
 }
 
@@ -543,6 +595,34 @@ impl Config {
         if s.max_connections == 0 {
             return Err(("server.max_connections", "must be at least 1".into()));
         }
+        for origin in &s.allowed_origins {
+            if crate::http::normalize_origin(origin).is_none() {
+                return Err((
+                    "server.allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin such as \"https://example.com\" or \"http://localhost:8080\""
+                    ),
+                ));
+            }
+        }
+        for p in &s.subprotocols {
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err((
+                    "server.subprotocols",
+                    format!("{p:?} is not a valid protocol token"),
+                ));
+            }
+        }
+        if s.require_subprotocol && s.subprotocols.is_empty() {
+            return Err((
+                "server.require_subprotocol",
+                "is true but server.subprotocols is empty, so every client would be refused".into(),
+            ));
+        }
         if s.worker_threads > 1024 {
             return Err((
                 "server.worker_threads",
@@ -586,6 +666,49 @@ impl Config {
                 "must be larger than websocket.write_buffer_size".into(),
             ));
         }
+        if w.max_write_buffer_size.0 < w.write_buffer_size.0 + w.max_message_size.0 {
+            return Err((
+                "websocket.max_write_buffer_size",
+                format!(
+                    "must hold websocket.write_buffer_size plus one largest message ({} + {})",
+                    w.write_buffer_size, w.max_message_size
+                ),
+            ));
+        }
+        let ping = w.ping_interval.0;
+        if !ping.is_zero() {
+            within(
+                "websocket.ping_interval",
+                ping,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?;
+            within(
+                "websocket.pong_timeout",
+                w.pong_timeout.0,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?;
+        }
+        for (key, d) in [
+            ("websocket.idle_timeout", w.idle_timeout),
+            ("websocket.max_lifetime", w.max_lifetime),
+        ] {
+            if !d.0.is_zero() {
+                within(
+                    key,
+                    d.0,
+                    Duration::from_secs(1),
+                    Duration::from_secs(30 * 86400),
+                )?;
+            }
+        }
+        within(
+            "websocket.write_timeout",
+            w.write_timeout.0,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
         if w.reply_prefix.len() > 4096 {
             return Err((
                 "websocket.reply_prefix",
@@ -601,6 +724,16 @@ impl Config {
                 "metrics.listen",
                 format!("{} is also in server.listen", self.metrics.listen),
             ));
+        }
+
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            let key = if t.cert_file.is_empty() {
+                "tls.cert_file"
+            } else {
+                "tls.key_file"
+            };
+            return Err((key, "tls.cert_file and tls.key_file go together".into()));
         }
 
         let d = &self.shutdown;
@@ -662,6 +795,9 @@ impl Config {
         }
         if self.metrics != new.metrics {
             keys.push("metrics");
+        }
+        if self.tls.enabled() != new.tls.enabled() {
+            keys.push("tls (switching it on or off)");
         }
         keys
     }

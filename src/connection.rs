@@ -9,18 +9,21 @@
 
 use std::time::Duration;
 
+use std::future::poll_fn;
+use std::time::Instant;
+
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::{Kind, Metrics};
-use crate::settings::Settings;
+use crate::settings::{Settings, Timers};
 use crate::state::{AbortReason, ConnState, ConnTracker};
 
 /// How long we wait to hand a close frame to a peer that does not read, and how long we
@@ -42,6 +45,94 @@ enum Step {
     Done,
 }
 
+/// What the connection's one timer asks for when it fires.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// Nothing yet (the deadline moved).
+    Nothing,
+    /// Time for a keepalive ping.
+    Ping,
+    /// Our ping went unanswered.
+    PongTimeout,
+    /// No message either way for `idle_timeout`.
+    Idle,
+    /// `max_lifetime` reached.
+    Lifetime,
+}
+
+/// Keepalive, idle and lifetime deadlines of one connection, served by a single timer.
+struct Deadlines {
+    timers: Timers,
+    /// When to send the next ping.
+    ping_at: Option<Instant>,
+    /// When the outstanding ping's pong is due.
+    pong_due: Option<Instant>,
+    /// When the last message arrived or left (updated once per batch, not per message).
+    last_activity: Instant,
+    /// When the connection reaches its (jittered) maximum lifetime.
+    end_of_life: Option<Instant>,
+}
+
+impl Deadlines {
+    fn new(timers: Timers, now: Instant) -> Self {
+        Deadlines {
+            timers,
+            ping_at: timers.ping_interval.map(|i| now + i),
+            pong_due: None,
+            last_activity: now,
+            // Up to 10% earlier, at random, so that clients reconnecting together spread out.
+            end_of_life: timers
+                .max_lifetime
+                .map(|l| now + l.mul_f64(1.0 - 0.1 * fastrand::f64())),
+        }
+    }
+
+    /// The earliest deadline (far away when every timer is off).
+    fn next(&self) -> Instant {
+        [
+            self.ping_at,
+            self.pong_due,
+            self.timers.idle_timeout.map(|t| self.last_activity + t),
+            self.end_of_life,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| self.last_activity + Duration::from_secs(86400 * 365))
+    }
+
+    /// What is due at `now`, and the timers rearmed for it.
+    fn fire(&mut self, now: Instant) -> Due {
+        if self.end_of_life.is_some_and(|t| now >= t) {
+            return Due::Lifetime;
+        }
+        if self.pong_due.is_some_and(|t| now >= t) {
+            return Due::PongTimeout;
+        }
+        if self
+            .timers
+            .idle_timeout
+            .is_some_and(|t| now >= self.last_activity + t)
+        {
+            return Due::Idle;
+        }
+        if let (Some(at), Some(interval)) = (self.ping_at, self.timers.ping_interval)
+            && now >= at
+        {
+            self.ping_at = Some(now + interval);
+            if self.pong_due.is_none() {
+                self.pong_due = Some(now + self.timers.pong_timeout);
+            }
+            return Due::Ping;
+        }
+        Due::Nothing
+    }
+
+    fn pong_received(&mut self) {
+        self.pong_due = None;
+    }
+}
+
 /// Serves one upgraded connection until it ends, recording its end state on `tracker`.
 /// `drain` starts a graceful close with 1000 and the configured reason.
 pub async fn serve<S>(
@@ -54,6 +145,10 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tracker.set(ConnState::Open);
+    let write_timeout = settings.timers.write_timeout;
+    let mut deadlines = Deadlines::new(settings.timers, Instant::now());
+    let timer = tokio::time::sleep_until(deadlines.next().into());
+    tokio::pin!(timer);
     loop {
         let next = if tracker.state() == ConnState::Open {
             tokio::select! {
@@ -66,43 +161,120 @@ pub async fn serve<S>(
                     }
                     continue;
                 }
+                () = &mut timer => {
+                    let due = deadlines.fire(Instant::now());
+                    if let Step::Done = on_timer(&mut ws, due, tracker, metrics, write_timeout).await {
+                        return;
+                    }
+                    timer.as_mut().reset(deadlines.next().into());
+                    continue;
+                }
                 next = ws.next() => next,
             }
         } else {
             ws.next().await
         };
         let mut pending = false;
-        if let Step::Done = handle(&mut ws, next, tracker, metrics, settings, &mut pending).await {
+        let mut data = false;
+        let mut batch = Batch {
+            pending: &mut pending,
+            data: &mut data,
+            deadlines: &mut deadlines,
+        };
+        if let Step::Done = handle(&mut ws, next, tracker, metrics, settings, &mut batch).await {
             return;
         }
         // Batch: take every message that is already here before flushing once.
         while let Some(next) = ws.next().now_or_never() {
-            if let Step::Done =
-                handle(&mut ws, next, tracker, metrics, settings, &mut pending).await
+            if let Step::Done = handle(&mut ws, next, tracker, metrics, settings, &mut batch).await
             {
                 return;
             }
         }
-        if pending && let Err(e) = ws.flush().await {
-            debug!(error = %e, "write failed");
-            tracker.aborted(AbortReason::Reset);
+        if data && settings.timers.idle_timeout.is_some() {
+            // Data, not pings and pongs, counts as activity.
+            deadlines.last_activity = Instant::now();
+            timer.as_mut().reset(deadlines.next().into());
+        }
+        if pending && let Step::Done = flush(&mut ws, tracker, metrics, write_timeout).await {
             return;
         }
     }
 }
 
-/// Handles one item from the stream. Sets `pending` when something waits to be flushed.
+/// Per-batch state the message handler updates.
+struct Batch<'a> {
+    /// Something waits to be flushed.
+    pending: &'a mut bool,
+    /// A data message arrived.
+    data: &'a mut bool,
+    /// Keepalive state (pongs clear the outstanding ping).
+    deadlines: &'a mut Deadlines,
+}
+
+/// Acts on what the timer found due.
+async fn on_timer<S>(
+    ws: &mut WebSocketStream<S>,
+    due: Due,
+    tracker: &ConnTracker,
+    metrics: &Metrics,
+    write_timeout: Duration,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (reason, text) = match due {
+        Due::Nothing => return Step::Continue,
+        Due::Ping => {
+            metrics.ping_sent();
+            if let Step::Done = feed(
+                ws,
+                Message::Ping(Bytes::new()),
+                tracker,
+                metrics,
+                write_timeout,
+            )
+            .await
+            {
+                return Step::Done;
+            }
+            return flush(ws, tracker, metrics, write_timeout).await;
+        }
+        Due::PongTimeout => {
+            debug!("no pong in time, aborting");
+            tracker.aborted(AbortReason::PongTimeout);
+            return Step::Done;
+        }
+        Due::Idle => (AbortReason::IdleTimeout, "idle timeout"),
+        Due::Lifetime => (
+            AbortReason::MaxLifetime,
+            "maximum connection lifetime reached",
+        ),
+    };
+    debug!("{text}, closing");
+    let frame = CloseFrame {
+        code: CloseCode::Away,
+        reason: Utf8Bytes::from_static(text),
+    };
+    let _ = send_close(ws, tracker, metrics, frame).await;
+    linger(ws.get_mut()).await;
+    tracker.aborted(reason);
+    Step::Done
+}
+
+/// Handles one item from the stream.
 async fn handle<S>(
     ws: &mut WebSocketStream<S>,
     next: Option<Result<Message, WsError>>,
     tracker: &ConnTracker,
     metrics: &Metrics,
     settings: &Settings,
-    pending: &mut bool,
+    batch: &mut Batch<'_>,
 ) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let write_timeout = settings.timers.write_timeout;
     let msg = match next {
         Some(Ok(msg)) => msg,
         Some(Err(e)) => return failed(ws, e, tracker, metrics).await,
@@ -125,7 +297,9 @@ where
                 Some(prefix) => Utf8Bytes::from(format!("{prefix}{}", text.as_str())),
             };
             metrics.message_sent(Kind::Text, reply.len());
-            feed(ws, Message::Text(reply), tracker, pending).await
+            *batch.pending = true;
+            *batch.data = true;
+            feed(ws, Message::Text(reply), tracker, metrics, write_timeout).await
         }
         Message::Binary(data) => {
             metrics.message_received(Kind::Binary, data.len());
@@ -134,16 +308,19 @@ where
                 return Step::Continue;
             }
             metrics.message_sent(Kind::Binary, data.len());
-            feed(ws, Message::Binary(data), tracker, pending).await
+            *batch.pending = true;
+            *batch.data = true;
+            feed(ws, Message::Binary(data), tracker, metrics, write_timeout).await
         }
         Message::Ping(_) => {
             // tungstenite queued the pong; it goes out with the next flush.
             metrics.ping_received();
-            *pending = true;
+            *batch.pending = true;
             Step::Continue
         }
         Message::Pong(_) => {
             metrics.pong_received();
+            batch.deadlines.pong_received();
             Step::Continue
         }
         Message::Close(frame) => {
@@ -178,28 +355,86 @@ where
     }
 }
 
-/// Queues an echo. tokio-tungstenite writes to the socket only when its buffer is full or
-/// on flush, and waits (backpressure) while the peer is not reading.
+/// Queues a message. tokio-tungstenite writes to the socket only when its buffer is full or
+/// on flush; while the peer does not read we wait (backpressure: we stop reading too), but
+/// no longer than `write_timeout`.
 async fn feed<S>(
     ws: &mut WebSocketStream<S>,
     msg: Message,
     tracker: &ConnTracker,
-    pending: &mut bool,
+    metrics: &Metrics,
+    write_timeout: Duration,
 ) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match ws.feed(msg).await {
-        Ok(()) => {
-            *pending = true;
-            Step::Continue
-        }
+    let ready = match poll_fn(|cx| ws.poll_ready_unpin(cx)).now_or_never() {
+        Some(r) => Ok(r),
+        // Only a blocked peer costs a timer.
+        None => tokio::time::timeout(write_timeout, poll_fn(|cx| ws.poll_ready_unpin(cx))).await,
+    };
+    let result = match ready {
+        Ok(Ok(())) => ws.start_send_unpin(msg),
+        Ok(Err(e)) => Err(e),
+        Err(_) => return write_timed_out(ws, tracker, metrics).await,
+    };
+    match result {
+        Ok(()) => Step::Continue,
         Err(e) => {
             debug!(error = %e, "write failed");
             tracker.aborted(AbortReason::Reset);
             Step::Done
         }
     }
+}
+
+/// Flushes what was queued, bounded by `write_timeout`.
+async fn flush<S>(
+    ws: &mut WebSocketStream<S>,
+    tracker: &ConnTracker,
+    metrics: &Metrics,
+    write_timeout: Duration,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = match ws.flush().now_or_never() {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout(write_timeout, ws.flush()).await,
+    };
+    match result {
+        Ok(Ok(())) => Step::Continue,
+        Ok(Err(e)) => {
+            debug!(error = %e, "write failed");
+            tracker.aborted(AbortReason::Reset);
+            Step::Done
+        }
+        Err(_) => write_timed_out(ws, tracker, metrics).await,
+    }
+}
+
+/// The peer has not taken our data for `write_timeout`: try to say 1008, then give up.
+async fn write_timed_out<S>(
+    ws: &mut WebSocketStream<S>,
+    tracker: &ConnTracker,
+    metrics: &Metrics,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    debug!("peer does not read, closing");
+    let frame = CloseFrame {
+        code: CloseCode::Policy,
+        reason: Utf8Bytes::from_static("write timeout: read your messages"),
+    };
+    // Best effort: the peer is not reading, so this rarely gets through.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        send_close(ws, tracker, metrics, frame),
+    )
+    .await;
+    tracker.aborted(AbortReason::WriteTimeout);
+    Step::Done
 }
 
 /// The stream ended: Closed if the close handshake completed, else Aborted.

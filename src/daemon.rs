@@ -45,6 +45,14 @@ pub fn main(cli: Cli) -> Exit {
             return Exit::Config;
         }
     };
+    // Reads the TLS files too, so --check-config catches a missing certificate.
+    let settings = match Settings::new(&loaded.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsechod: configuration error: {e}");
+            return Exit::Config;
+        }
+    };
     if cli.check_config {
         println!(
             "wsechod: configuration OK ({})",
@@ -64,6 +72,7 @@ pub fn main(cli: Cli) -> Exit {
             path.path.display()
         );
     }
+    raise_fd_limit();
     let runtime = match build_runtime(loaded.config.server.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,7 +80,7 @@ pub fn main(cli: Cli) -> Exit {
             return Exit::OsError;
         }
     };
-    let result = runtime.block_on(run(path, loaded.config, log));
+    let result = runtime.block_on(run(path, settings, log));
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => Exit::Success,
@@ -79,6 +88,21 @@ pub fn main(cli: Cli) -> Exit {
             error!("{fatal}");
             fatal.exit
         }
+    }
+}
+
+/// One descriptor per connection: raise the soft limit on open files to the hard limit, as
+/// nginx's `worker_rlimit_nofile` would. Under systemd, `LimitNOFILE=` sets both already
+/// (and the sandbox forbids `setrlimit`), so a failure here is only logged.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!("raised the open-file limit from {soft} to {hard}"),
+            Err(e) => warn!("open-file limit stays at {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
 }
 
@@ -121,9 +145,11 @@ struct Daemon {
     urls: String,
 }
 
-async fn run(path: ConfigPath, config: Config, log: LogHandle) -> Result<(), Fatal> {
+async fn run(path: ConfigPath, settings: Settings, log: LogHandle) -> Result<(), Fatal> {
     let metrics = Arc::new(Metrics::new());
-    let shared = Shared::new(Settings::new(&config), metrics);
+    let config = settings.config.clone();
+    let scheme = if settings.tls.is_some() { "wss" } else { "ws" };
+    let shared = Shared::new(settings, metrics);
     let mut signals = Signals::new().map_err(|e| {
         Fatal::new(
             Exit::OsError,
@@ -137,7 +163,7 @@ async fn run(path: ConfigPath, config: Config, log: LogHandle) -> Result<(), Fat
     let mut probes = Vec::new();
     let mut urls = Vec::new();
     for listener in ws_listeners {
-        let url = server::ws_url(local(&listener), &config.server.path);
+        let url = format!("{scheme}://{}{}", local(&listener), config.server.path);
         info!("listening on {url}");
         urls.push(url);
         let (tx, rx) = mpsc::channel(1);
@@ -272,10 +298,21 @@ impl Daemon {
         systemd::reloading();
         info!("reloading configuration from {}", self.path.path.display());
         let old = self.shared.settings.load_full();
-        let result = config::load(&self.path);
+        let result = config::load(&self.path).and_then(|loaded| {
+            let mut new = loaded.config.clone();
+            let restart = old.config.restart_needed(&new);
+            if !restart.is_empty() {
+                new.server.listen = old.config.server.listen.clone();
+                new.server.worker_threads = old.config.server.worker_threads;
+                new.metrics = old.config.metrics.clone();
+                if old.config.tls.enabled() != new.tls.enabled() {
+                    new.tls = old.config.tls.clone();
+                }
+            }
+            Ok((loaded.config, Settings::new(&new)?))
+        });
         let note = match result {
-            Ok(loaded) => {
-                let mut new = loaded.config;
+            Ok((new, settings)) => {
                 let restart = old.config.restart_needed(&new);
                 for (key, before, after) in changes(&old.config, &new) {
                     info!("{key}: {before} -> {after}");
@@ -285,14 +322,11 @@ impl Daemon {
                         "changed but needs a restart to take effect: {}",
                         restart.join(", ")
                     );
-                    new.server.listen = old.config.server.listen.clone();
-                    new.server.worker_threads = old.config.server.worker_threads;
-                    new.metrics = old.config.metrics.clone();
                 }
                 if let Err(e) = self.log.set_level(&new.log.level) {
                     warn!(error = %e, "cannot apply log.level");
                 }
-                self.shared.settings.store(Arc::new(Settings::new(&new)));
+                self.shared.settings.store(Arc::new(settings));
                 self.shared.metrics.reload(true);
                 info!("configuration reloaded");
                 if restart.is_empty() {

@@ -9,6 +9,42 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 /// The only WebSocket protocol version there is (RFC 6455).
 const WS_VERSION: &str = "13";
 
+/// The rules a handshake is judged by, from `[server]`.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The one path that upgrades.
+    pub path: String,
+    /// Normalized allowed origins; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Refuse requests without `Origin`.
+    pub require_origin: bool,
+    /// Subprotocols we speak.
+    pub subprotocols: Vec<String>,
+    /// Refuse clients offering none of them.
+    pub require_subprotocol: bool,
+}
+
+impl Policy {
+    /// A policy that only checks the path.
+    pub fn for_path(path: &str) -> Self {
+        Policy {
+            path: path.to_string(),
+            ..Policy::default()
+        }
+    }
+}
+
+/// Why a connection is over a limit before it upgrades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Within every limit.
+    None,
+    /// `max_connections` reached: 503.
+    Total,
+    /// `max_connections_per_ip` reached for this client: 429.
+    PerIp,
+}
+
 /// What to answer an upgrade request with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -16,6 +52,8 @@ pub enum Decision {
     Upgrade {
         /// The `Sec-WebSocket-Accept` value derived from the client's key.
         accept: String,
+        /// The selected subprotocol, if any.
+        protocol: Option<String>,
     },
     /// An HTTP error instead of an upgrade.
     Reject(Rejection),
@@ -60,13 +98,70 @@ fn valid_key(key: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
+/// `scheme://host[:port]` in lower case without a default port, or `None` if `origin` is
+/// not of that form. The opaque origin `null` is never normalized (so never allowed).
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim().to_ascii_lowercase();
+    let (scheme, authority) = origin.split_once("://")?;
+    let default_port = match scheme {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return None,
+    };
+    if authority.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    // Split host and port; an IPv6 host is bracketed.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (addr, after) = rest.split_once(']')?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (format!("[{addr}]"), port)
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        },
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    let port = match port {
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+        None => None,
+    };
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// The first subprotocol the client offers that we speak.
+fn select_protocol(headers: &HeaderMap, ours: &[String]) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|offered| ours.iter().any(|p| p == offered))
+        .map(str::to_string)
+}
+
 /// Decides the fate of a request on the WebSocket listener.
 ///
 /// Order: path (404), method (405), is it a WebSocket upgrade at all (400), version (426),
-/// then the details of a well-formed upgrade (400). `over_limit` (503) is checked only for
-/// requests that would otherwise upgrade, so a curl probe still gets its honest answer.
-pub fn decide<B>(req: &Request<B>, path: &str, over_limit: bool) -> Decision {
-    if req.uri().path() != path {
+/// the details of a well-formed upgrade (400), origin (403), subprotocol (400), then the
+/// connection limits (503, 429), which are checked only for requests that would otherwise
+/// upgrade, so a curl probe still gets its honest answer.
+pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
+    if req.uri().path() != policy.path {
         return reject(StatusCode::NOT_FOUND, "not found\n");
     }
     if req.method() != Method::GET {
@@ -114,27 +209,63 @@ pub fn decide<B>(req: &Request<B>, path: &str, over_limit: bool) -> Decision {
             );
         }
     };
-    if over_limit {
-        return Decision::Reject(Rejection {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            body: "too many connections, try again later\n",
-            header: Some((header::RETRY_AFTER, "1")),
-        });
+    match h.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        None if policy.require_origin => {
+            return reject(StatusCode::FORBIDDEN, "an Origin header is required\n");
+        }
+        Some(origin) if !policy.allowed_origins.is_empty() => {
+            let allowed =
+                normalize_origin(origin).is_some_and(|o| policy.allowed_origins.contains(&o));
+            if !allowed {
+                return reject(StatusCode::FORBIDDEN, "origin not allowed\n");
+            }
+        }
+        _ => {}
+    }
+    let protocol = select_protocol(h, &policy.subprotocols);
+    if protocol.is_none() && policy.require_subprotocol {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "no supported subprotocol offered in Sec-WebSocket-Protocol\n",
+        );
+    }
+    match limit {
+        Limit::None => {}
+        Limit::Total => {
+            return Decision::Reject(Rejection {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: "too many connections, try again later\n",
+                header: Some((header::RETRY_AFTER, "1")),
+            });
+        }
+        Limit::PerIp => {
+            return Decision::Reject(Rejection {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: "too many connections from your address, try again later\n",
+                header: Some((header::RETRY_AFTER, "1")),
+            });
+        }
     }
     Decision::Upgrade {
         accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        protocol,
     }
 }
 
 /// The response for a decision.
 pub fn response(decision: &Decision) -> Response<Full<Bytes>> {
     match decision {
-        Decision::Upgrade { accept } => Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::UPGRADE, "websocket")
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept.as_str())
-            .body(Full::default()),
+        Decision::Upgrade { accept, protocol } => {
+            let mut b = Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::UPGRADE, "websocket")
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::SEC_WEBSOCKET_ACCEPT, accept.as_str());
+            if let Some(p) = protocol {
+                b = b.header(header::SEC_WEBSOCKET_PROTOCOL, p.as_str());
+            }
+            b.body(Full::default())
+        }
         Decision::Reject(r) => text(r.status, r.body, r.header.clone()),
     }
     .expect("static response parts are valid")
@@ -175,7 +306,11 @@ mod tests {
     }
 
     fn status(req: Request<()>) -> StatusCode {
-        match decide(&req, "/ws", false) {
+        status_with(req, &Policy::for_path("/ws"))
+    }
+
+    fn status_with(req: Request<()>, policy: &Policy) -> StatusCode {
+        match decide(&req, policy, Limit::None) {
             Decision::Upgrade { .. } => StatusCode::SWITCHING_PROTOCOLS,
             Decision::Reject(r) => r.status,
         }
@@ -183,12 +318,17 @@ mod tests {
 
     #[test]
     fn valid_upgrade_gets_rfc_accept_key() {
-        let d = decide(&upgrade().body(()).unwrap(), "/ws", false);
+        let d = decide(
+            &upgrade().body(()).unwrap(),
+            &Policy::for_path("/ws"),
+            Limit::None,
+        );
         // The example from RFC 6455 section 1.3.
         assert_eq!(
             d,
             Decision::Upgrade {
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                protocol: None,
             }
         );
         let r = response(&d);
@@ -238,7 +378,11 @@ mod tests {
 
     #[test]
     fn non_get_is_405_with_allow() {
-        let d = decide(&Request::post("/ws").body(()).unwrap(), "/ws", false);
+        let d = decide(
+            &Request::post("/ws").body(()).unwrap(),
+            &Policy::for_path("/ws"),
+            Limit::None,
+        );
         let Decision::Reject(r) = d else { panic!() };
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.header, Some((header::ALLOW, "GET")));
@@ -249,7 +393,7 @@ mod tests {
         let mut req = upgrade().body(()).unwrap();
         req.headers_mut()
             .insert("sec-websocket-version", HeaderValue::from_static("8"));
-        let Decision::Reject(r) = decide(&req, "/ws", false) else {
+        let Decision::Reject(r) = decide(&req, &Policy::for_path("/ws"), Limit::None) else {
             panic!()
         };
         assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
@@ -286,16 +430,140 @@ mod tests {
     }
 
     #[test]
-    fn over_limit_is_503_with_retry_after_only_for_real_upgrades() {
-        let Decision::Reject(r) = decide(&upgrade().body(()).unwrap(), "/ws", true) else {
+    fn over_limit_is_503_or_429_with_retry_after_only_for_real_upgrades() {
+        let p = Policy::for_path("/ws");
+        let Decision::Reject(r) = decide(&upgrade().body(()).unwrap(), &p, Limit::Total) else {
             panic!()
         };
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.header, Some((header::RETRY_AFTER, "1")));
-        let Decision::Reject(r) = decide(&Request::get("/ws").body(()).unwrap(), "/ws", true)
+        let Decision::Reject(r) = decide(&upgrade().body(()).unwrap(), &p, Limit::PerIp) else {
+            panic!()
+        };
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        let Decision::Reject(r) = decide(&Request::get("/ws").body(()).unwrap(), &p, Limit::Total)
         else {
             panic!()
         };
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+
+    fn with_origin(origin: Option<&str>) -> Request<()> {
+        let mut b = upgrade();
+        if let Some(o) = origin {
+            b = b.header("Origin", o);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn origin_allow_list_is_exact() {
+        let policy = Policy {
+            allowed_origins: vec![
+                normalize_origin("https://example.com").unwrap(),
+                normalize_origin("http://localhost:8080").unwrap(),
+            ],
+            ..Policy::for_path("/ws")
+        };
+        let ok = StatusCode::SWITCHING_PROTOCOLS;
+        let no = StatusCode::FORBIDDEN;
+        for (origin, want) in [
+            (Some("https://example.com"), ok),
+            (Some("HTTPS://Example.COM"), ok),
+            (Some("https://example.com:443"), ok),
+            (Some("http://localhost:8080"), ok),
+            (None, ok),
+            (Some("https://example.com.evil.test"), no),
+            (Some("https://evilexample.com"), no),
+            (Some("http://example.com"), no),
+            (Some("https://example.com:8443"), no),
+            (Some("https://sub.example.com"), no),
+            (Some("null"), no),
+            (Some("http://localhost:8081"), no),
+            (Some("https://example.com/"), no),
+            (Some(""), no),
+        ] {
+            assert_eq!(
+                status_with(with_origin(origin), &policy),
+                want,
+                "{origin:?}"
+            );
+        }
+        let strict = Policy {
+            require_origin: true,
+            ..policy
+        };
+        assert_eq!(status_with(with_origin(None), &strict), no);
+        assert_eq!(
+            status_with(with_origin(Some("https://example.com")), &strict),
+            ok
+        );
+    }
+
+    #[test]
+    fn origins_normalize() {
+        assert_eq!(
+            normalize_origin("https://a.b:443").as_deref(),
+            Some("https://a.b")
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]:8080").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]").as_deref(),
+            Some("http://[::1]")
+        );
+        for bad in [
+            "null",
+            "example.com",
+            "ftp://x",
+            "https://",
+            "https://a:99999",
+            "https://a/b",
+            "http://::1",
+        ] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn first_offered_supported_subprotocol_is_selected() {
+        let policy = Policy {
+            subprotocols: vec!["chat.v2".into(), "chat.v1".into()],
+            ..Policy::for_path("/ws")
+        };
+        let req = upgrade()
+            .header("Sec-WebSocket-Protocol", "mqtt, chat.v1")
+            .header("Sec-WebSocket-Protocol", "chat.v2")
+            .body(())
+            .unwrap();
+        let Decision::Upgrade { protocol, .. } = decide(&req, &policy, Limit::None) else {
+            panic!()
+        };
+        assert_eq!(protocol.as_deref(), Some("chat.v1"));
+        let r = response(&Decision::Upgrade {
+            accept: "x".into(),
+            protocol,
+        });
+        assert_eq!(r.headers()["sec-websocket-protocol"], "chat.v1");
+
+        // None offered on our list: allowed without a protocol, unless required.
+        let req = upgrade()
+            .header("Sec-WebSocket-Protocol", "mqtt")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            decide(&req, &policy, Limit::None),
+            Decision::Upgrade { protocol: None, .. }
+        ));
+        let strict = Policy {
+            require_subprotocol: true,
+            ..policy
+        };
+        assert_eq!(
+            status_with(upgrade().body(()).unwrap(), &strict),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

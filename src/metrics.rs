@@ -91,6 +91,8 @@ pub struct Metrics {
     pings_received: IntCounter,
     /// `wsechod_pongs_received_total`.
     pongs_received: IntCounter,
+    /// `wsechod_pings_sent_total` (keepalive).
+    pings_sent: IntCounter,
     /// `wsechod_config_reloads_total{result}`: `[success, failure]`.
     reloads: [IntCounter; 2],
     /// `wsechod_config_last_reload_successful`.
@@ -189,7 +191,7 @@ impl Metrics {
             "Upgrade requests answered with an HTTP error instead of 101, by status.",
             "status",
         );
-        for status in ["400", "403", "404", "405", "426", "431", "503"] {
+        for status in ["400", "403", "404", "405", "426", "429", "431", "503"] {
             rejected.with_label_values(&[status]);
         }
         let kinds = [Kind::Text.label(), Kind::Binary.label()];
@@ -265,6 +267,11 @@ impl Metrics {
             "wsechod_pongs_received_total",
             "Pong frames received.",
         );
+        let pings_sent = counter(
+            &registry,
+            "wsechod_pings_sent_total",
+            "Keepalive ping frames sent.",
+        );
         let reloads = by_label(
             &counter_vec(
                 &registry,
@@ -329,6 +336,7 @@ impl Metrics {
             close_sent,
             pings_received,
             pongs_received,
+            pings_sent,
             reloads,
             last_reload_ok,
             last_reload_time,
@@ -405,6 +413,11 @@ impl Metrics {
     /// A ping arrived.
     pub fn ping_received(&self) {
         self.pings_received.inc();
+    }
+
+    /// A keepalive ping was sent.
+    pub fn ping_sent(&self) {
+        self.pings_sent.inc();
     }
 
     /// A pong arrived.

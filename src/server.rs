@@ -4,8 +4,9 @@
 //! The caller binds the listener and owns shutdown (`run(listener, shared, stop)`), so tests
 //! bind port 0 and the daemon can bind every address before it reports ready.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
@@ -25,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::connection;
-use crate::http::{self, Decision};
+use crate::http::{self, Decision, Limit};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::state::{AbortReason, ConnTracker};
@@ -46,6 +48,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Connections being served now (handshaking or open), for `max_connections`.
     active: AtomicUsize,
+    /// Connections per client address, for `max_connections_per_ip`. Touched on accept and
+    /// on close only, never per message.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
 }
@@ -61,6 +66,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             ready: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
             next_id: AtomicU64::new(1),
         })
     }
@@ -88,6 +94,38 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Holds one place in `Shared::per_ip` for its address for as long as it lives.
+struct IpSlot<'a> {
+    map: &'a Mutex<HashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl<'a> IpSlot<'a> {
+    /// Takes a place and returns it with the number of connections from `ip`, this one
+    /// included. IPv4-mapped IPv6 addresses count as their IPv4 address.
+    fn take(map: &'a Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) -> (Self, usize) {
+        let ip = ip.to_canonical();
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        *n += 1;
+        let n = *n;
+        drop(m);
+        (IpSlot { map, ip }, n)
+    }
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// A request from the watchdog: answer to prove the accept loop is being polled.
 pub type Probe = oneshot::Sender<()>;
 
@@ -110,7 +148,7 @@ pub async fn run(
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = info_span!("conn", id, %peer);
                     let shared2 = shared.clone();
-                    shared.tasks.spawn(handle(stream, shared2).instrument(span));
+                    shared.tasks.spawn(handle(stream, peer, shared2).instrument(span));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener stays.
@@ -124,16 +162,23 @@ pub async fn run(
 }
 
 /// Serves one TCP connection from accept to end.
-async fn handle(stream: TcpStream, shared: Arc<Shared>) {
+async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (_slot, active) = Slot::take(&shared.active);
     let settings = shared.settings.load_full();
     let tracker = ConnTracker::new(shared.metrics.clone());
-    let over_limit = active > settings.max_connections;
+    let (_ip_slot, from_ip) = IpSlot::take(&shared.per_ip, peer.ip());
+    let limit = if active > settings.max_connections {
+        Limit::Total
+    } else if settings.max_connections_per_ip > 0 && from_ip > settings.max_connections_per_ip {
+        Limit::PerIp
+    } else {
+        Limit::None
+    };
     let _ = stream.set_nodelay(true);
     tokio::select! {
         biased;
         () = shared.abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
-        () = serve(stream, &tracker, &settings, &shared, over_limit) => {}
+        () = serve(stream, &tracker, &settings, &shared, limit) => {}
     }
 }
 
@@ -142,9 +187,44 @@ async fn serve(
     tracker: &ConnTracker,
     settings: &Settings,
     shared: &Shared,
-    over_limit: bool,
+    limit: Limit,
 ) {
-    let Some(upgraded) = handshake(stream, tracker, settings, &shared.metrics, over_limit).await
+    // One deadline for TLS and HTTP together.
+    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
+    match &settings.tls {
+        None => serve_io(stream, deadline, tracker, settings, shared, limit).await,
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    serve_io(tls_stream, deadline, tracker, settings, shared, limit).await;
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    tracker.aborted(AbortReason::HandshakeFailed);
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    tracker.aborted(AbortReason::HandshakeFailed);
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP exchange, then the WebSocket, on any byte stream (TCP, TLS, or a test's
+/// in-memory pipe).
+pub async fn serve_io<IO>(
+    io: IO,
+    deadline: tokio::time::Instant,
+    tracker: &ConnTracker,
+    settings: &Settings,
+    shared: &Shared,
+    limit: Limit,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(upgraded) = handshake(io, deadline, tracker, settings, &shared.metrics, limit).await
     else {
         return;
     };
@@ -157,21 +237,25 @@ async fn serve(
 
 /// Runs the HTTP exchange. Returns the upgraded socket after a 101, or `None` after
 /// recording why the connection ended.
-async fn handshake(
-    stream: TcpStream,
+async fn handshake<IO>(
+    io: IO,
+    deadline: tokio::time::Instant,
     tracker: &ConnTracker,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    over_limit: bool,
-) -> Option<hyper::upgrade::Upgraded> {
+    limit: Limit,
+) -> Option<hyper::upgrade::Upgraded>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // The service runs inside hyper; it leaves the pending upgrade here for us.
     let slot: Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>> = Arc::default();
     let service = {
         let slot = slot.clone();
         let metrics = metrics.clone();
-        let path = settings.path.clone();
+        let policy = settings.policy.clone();
         service_fn(move |mut req: Request<Incoming>| {
-            let decision = http::decide(&req, &path, over_limit);
+            let decision = http::decide(&req, &policy, limit);
             match &decision {
                 Decision::Upgrade { .. } => {
                     let on = hyper::upgrade::on(&mut req);
@@ -197,9 +281,9 @@ async fn handshake(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.handshake_timeout);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    match tokio::time::timeout(settings.handshake_timeout, conn).await {
+    match tokio::time::timeout_at(deadline, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             if e.is_parse_too_large() {
@@ -228,9 +312,4 @@ async fn handshake(
             None
         }
     }
-}
-
-/// Address text for logs and STATUS: `ws://127.0.0.1:8080/ws`.
-pub fn ws_url(addr: SocketAddr, path: &str) -> String {
-    format!("ws://{addr}{path}")
 }

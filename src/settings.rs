@@ -1,62 +1,111 @@
 //! The configuration turned into what connections use, computed once per (re)load so that
 //! accepting a connection only clones an `Arc`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsConfig;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::http::{self, Policy};
+
+/// Keepalive and timeouts of an open connection (`None`: off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timers {
+    /// Send a ping this often.
+    pub ping_interval: Option<Duration>,
+    /// Abort when the pong is this late.
+    pub pong_timeout: Duration,
+    /// Close after this long without a message either way.
+    pub idle_timeout: Option<Duration>,
+    /// Close this long after opening (before jitter).
+    pub max_lifetime: Option<Duration>,
+    /// Abort when the peer does not take our data for this long.
+    pub write_timeout: Duration,
+}
 
 /// Everything a new connection needs, derived from one [`Config`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The configuration these settings come from.
     pub config: Config,
-    /// The path that upgrades (`[server] path`).
-    pub path: String,
-    /// Deadline for the complete upgrade request.
+    /// Path, origin and subprotocol rules of the handshake.
+    pub policy: Policy,
+    /// Deadline for the TLS handshake plus the complete upgrade request.
     pub handshake_timeout: Duration,
     /// Request line plus headers, at most.
     pub max_header_size: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections from one address at once; 0 means no limit.
+    pub max_connections_per_ip: usize,
     /// tungstenite's limits and buffer sizes.
     pub ws: WsConfig,
+    /// Keepalive and timeouts.
+    pub timers: Timers,
     /// Put before echoed text messages; `None` for an exact echo.
     pub reply_prefix: Option<String>,
     /// Log message contents at debug level.
     pub log_message_content: bool,
     /// Reason of the 1000 close frame sent on shutdown.
     pub close_reason: Utf8Bytes,
+    /// TLS for `wss://`, when configured.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Settings {
-    /// Derives settings from a validated configuration.
-    pub fn new(config: &Config) -> Self {
+    /// Derives settings from a validated configuration. Reads the TLS files, so it can fail.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let w = &config.websocket;
+        let s = &config.server;
         let ws = WsConfig::default()
             .read_buffer_size(w.read_buffer_size.as_usize())
             .write_buffer_size(w.write_buffer_size.as_usize())
             .max_write_buffer_size(w.max_write_buffer_size.as_usize())
             .max_message_size(Some(w.max_message_size.as_usize()))
             .max_frame_size(Some(w.max_frame_size.as_usize()));
-        Settings {
+        let nonzero = |d: Duration| Some(d).filter(|d| !d.is_zero());
+        let tls = if config.tls.enabled() {
+            Some(crate::tls::load(&config.tls)?)
+        } else {
+            None
+        };
+        Ok(Settings {
             config: config.clone(),
-            path: config.server.path.clone(),
-            handshake_timeout: config.server.handshake_timeout.0,
-            max_header_size: config.server.max_header_size.as_usize(),
-            max_connections: usize::try_from(config.server.max_connections).unwrap_or(usize::MAX),
+            policy: Policy {
+                path: s.path.clone(),
+                allowed_origins: s
+                    .allowed_origins
+                    .iter()
+                    .filter_map(|o| http::normalize_origin(o))
+                    .collect(),
+                require_origin: s.require_origin,
+                subprotocols: s.subprotocols.clone(),
+                require_subprotocol: s.require_subprotocol,
+            },
+            handshake_timeout: s.handshake_timeout.0,
+            max_header_size: s.max_header_size.as_usize(),
+            max_connections: usize::try_from(s.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_ip: usize::try_from(s.max_connections_per_ip).unwrap_or(usize::MAX),
             ws,
+            timers: Timers {
+                ping_interval: nonzero(w.ping_interval.0),
+                pong_timeout: w.pong_timeout.0,
+                idle_timeout: nonzero(w.idle_timeout.0),
+                max_lifetime: nonzero(w.max_lifetime.0),
+                write_timeout: w.write_timeout.0,
+            },
             reply_prefix: Some(w.reply_prefix.clone()).filter(|p| !p.is_empty()),
             log_message_content: w.log_message_content,
             close_reason: Utf8Bytes::from(config.shutdown.close_reason.clone()),
-        }
+            tls,
+        })
     }
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings::new(&Config::default())
+        Settings::new(&Config::default()).expect("the defaults need no files")
     }
 }

@@ -80,21 +80,30 @@ pub enum AbortReason {
     ProtocolError = 2,
     /// The TCP connection ended or failed without a close handshake.
     Reset = 3,
-    /// The peer did not answer our close frame in time.
-    CloseTimeout = 4,
     /// Still open when the shutdown drain ended (deadline or second signal).
-    DrainDeadline = 5,
+    DrainDeadline = 4,
+    /// No pong within `pong_timeout` of our keepalive ping.
+    PongTimeout = 5,
+    /// No message either way for `idle_timeout` (closed with 1001).
+    IdleTimeout = 6,
+    /// Open for `max_lifetime` (closed with 1001).
+    MaxLifetime = 7,
+    /// The peer did not take our data for `write_timeout` (closed with 1008).
+    WriteTimeout = 8,
 }
 
 impl AbortReason {
     /// All reasons, in label order.
-    pub const ALL: [AbortReason; 6] = [
+    pub const ALL: [AbortReason; 9] = [
         AbortReason::HandshakeRejected,
         AbortReason::HandshakeFailed,
         AbortReason::ProtocolError,
         AbortReason::Reset,
-        AbortReason::CloseTimeout,
         AbortReason::DrainDeadline,
+        AbortReason::PongTimeout,
+        AbortReason::IdleTimeout,
+        AbortReason::MaxLifetime,
+        AbortReason::WriteTimeout,
     ];
 
     /// The `reason` label value.
@@ -104,8 +113,11 @@ impl AbortReason {
             AbortReason::HandshakeFailed => "handshake_failed",
             AbortReason::ProtocolError => "protocol_error",
             AbortReason::Reset => "reset",
-            AbortReason::CloseTimeout => "close_timeout",
             AbortReason::DrainDeadline => "drain_deadline",
+            AbortReason::PongTimeout => "pong_timeout",
+            AbortReason::IdleTimeout => "idle_timeout",
+            AbortReason::MaxLifetime => "max_lifetime",
+            AbortReason::WriteTimeout => "write_timeout",
         }
     }
 }

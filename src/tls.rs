@@ -1,0 +1,57 @@
+//! TLS for `wss://`: the certificate chain and key from `[tls]`, read at start and on every
+//! reload, so SIGHUP picks up a renewed certificate without touching open sessions.
+
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+
+use crate::config::{ConfigError, TlsConfig};
+
+fn error(key: &str, path: &str, message: String) -> ConfigError {
+    ConfigError {
+        origin: format!("TLS file {path}"),
+        key: Some(key.to_string()),
+        message,
+    }
+}
+
+/// Reads the files and builds the server configuration (HTTP/1.1 only, as WebSocket needs).
+pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            error(
+                "tls.cert_file",
+                &cfg.cert_file,
+                format!("cannot read certificates: {e}"),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(error(
+            "tls.cert_file",
+            &cfg.cert_file,
+            "holds no PEM certificate".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| {
+        error(
+            "tls.key_file",
+            &cfg.key_file,
+            format!("cannot read the private key: {e}"),
+        )
+    })?;
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            error(
+                "tls.key_file",
+                &cfg.key_file,
+                format!("does not match the certificate: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
