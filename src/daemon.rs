@@ -354,16 +354,18 @@ impl Daemon {
         shared
             .ready
             .store(false, std::sync::atomic::Ordering::Release);
+        // Close the listeners first, so that once STOPPING=1 is out, a new connection
+        // attempt is refused rather than accepted and dropped.
+        self.stop_accepting.cancel();
+        for task in self.accept_loops {
+            let _ = task.await;
+        }
         let total = shared.active();
         systemd::stopping(&format!("draining: {total} of {total} connections left"));
         info!(
             connections = total,
             "{signal}: draining, sending close 1000 to every connection"
         );
-        self.stop_accepting.cancel();
-        for task in self.accept_loops {
-            let _ = task.await;
-        }
         let timeout = shared.settings.load().config.shutdown.drain_timeout.0;
         shared.drain.cancel();
         shared.tasks.close();

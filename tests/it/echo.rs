@@ -123,8 +123,7 @@ async fn debug_log_names_type_and_size_but_not_content_by_default() {
     ws.close(None).await.unwrap();
     d.wait_metric("wsechod_connections_ended_total{state=\"closed\"}", 1.0)
         .await;
-    let log = d.stderr();
-    assert!(log.contains("type=\"text\" size=14"), "{log}");
+    let log = d.wait_stderr("type=\"text\" size=14").await;
     assert!(log.contains("conn{id=1 peer=127.0.0.1:"), "{log}");
     assert!(!log.contains("secret-content"), "{log}");
 }
@@ -142,15 +141,13 @@ async fn content_is_logged_truncated_when_enabled() {
     ws.close(None).await.unwrap();
     d.wait_metric("wsechod_connections_ended_total{state=\"closed\"}", 1.0)
         .await;
-    let log = d.stderr();
-    assert!(log.contains("visible-"), "{log}");
+    let log = d.wait_stderr("visible-").await;
     assert!(!log.contains(&"z".repeat(200)), "content must be truncated");
 }
 
 #[tokio::test]
 async fn no_ansi_colours_when_stderr_is_not_a_terminal() {
     let d = daemon().start().await;
-    let log = d.stderr();
-    assert!(log.contains("listening on ws://127.0.0.1:"), "{log}");
+    let log = d.wait_stderr("listening on ws://127.0.0.1:").await;
     assert!(!log.contains('\x1b'), "{log:?}");
 }

@@ -92,11 +92,7 @@ async fn drain_echoes_everything_read_then_closes_with_1000() {
     }
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(10));
-    let log = d.stderr();
-    assert!(
-        log.contains(&format!("closed={CLIENTS} aborted=0")),
-        "{log}"
-    );
+    d.wait_stderr(&format!("closed={CLIENTS} aborted=0")).await;
 }
 
 #[tokio::test]
@@ -126,11 +122,8 @@ async fn silent_client_is_aborted_at_the_drain_deadline() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    let log = d.stderr();
-    assert!(
-        log.contains("closed=1 aborted=1 aborted_at_deadline=1"),
-        "{log}"
-    );
+    d.wait_stderr("closed=1 aborted=1 aborted_at_deadline=1")
+        .await;
 }
 
 #[tokio::test]
@@ -148,11 +141,7 @@ async fn second_sigterm_aborts_the_drain() {
     d.signal(Signal::SIGINT);
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(
-        d.stderr().contains("aborted_at_deadline=1"),
-        "{}",
-        d.stderr()
-    );
+    d.wait_stderr("aborted_at_deadline=1").await;
 }
 
 #[tokio::test]
@@ -195,7 +184,11 @@ async fn sighup_reloads_without_dropping_sessions() {
     third.send(Message::text("hi")).await.unwrap();
     assert_eq!(recv(&mut third).await, Message::text("> hi"));
     echo(&mut before, Message::text("and still")).await;
-    assert!(d.stderr().contains(&d.config_path.display().to_string()));
+    d.wait_stderr(&format!(
+        "reload failed, keeping the running configuration: {}",
+        d.config_path.display()
+    ))
+    .await;
 
     // A change that needs a restart is reported as such, and nothing else changes.
     d.write_config("[server]\nworker_threads = 3\n");
@@ -221,16 +214,8 @@ async fn log_level_changes_on_reload() {
     echo(&mut ws, Message::text("loud")).await;
     let mut other = d.connect().await;
     echo(&mut other, Message::text("loud")).await;
-    let deadline = Instant::now() + TIMEOUT;
-    while !d.stderr().contains("size=4") {
-        assert!(Instant::now() < deadline, "{}", d.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        d.stderr().contains("log.level: \"info\" -> \"debug\""),
-        "{}",
-        d.stderr()
-    );
+    d.wait_stderr("size=4").await;
+    d.wait_stderr("log.level: \"info\" -> \"debug\"").await;
 }
 
 /// `sh` execs the daemon with `LISTEN_PID` set to its own PID, like systemd does.
@@ -271,7 +256,7 @@ async fn socket_activation_uses_the_passed_sockets() {
     let mut c = d.connect().await;
     echo(&mut c, Message::text("activated")).await;
     assert_eq!(d.metrics_get("/readyz").await.0, 200);
-    assert!(d.stderr().contains("using sockets passed by systemd"));
+    d.wait_stderr("using sockets passed by systemd").await;
 }
 
 #[tokio::test]

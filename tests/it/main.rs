@@ -4,5 +4,7 @@ mod cli;
 mod echo;
 mod http;
 mod lifecycle;
+mod limits;
 mod metrics;
+mod security;
 mod util;

@@ -96,7 +96,7 @@ impl Builder {
                 .find_map(|m| m.lines().find_map(|l| l.strip_prefix("STATUS=")))
                 .expect("STATUS with READY=1")
                 .to_string();
-            d.ws = find_addr(&status, "ws://");
+            d.ws = find_addr(&status, "ws://").or_else(|| find_addr(&status, "wss://"));
             d.metrics = find_addr(&status, "http://");
         }
         d
@@ -168,6 +168,23 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until stderr contains `needle`: the pipe is read by a thread, so
+    /// what the daemon printed may arrive a moment after the event that follows it.
+    pub async fn wait_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never showed {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Receives notify datagrams until one has a line equal to `line`; returns it.
@@ -312,11 +329,25 @@ pub fn write_temp(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 pub async fn connect(url: &str) -> Ws {
-    let addr = url
+    connect_from(None, url).await
+}
+
+/// Connects from a chosen local address (such as 127.0.0.2), or the default one.
+pub async fn connect_from(source: Option<std::net::IpAddr>, url: &str) -> Ws {
+    let addr: SocketAddr = url
         .strip_prefix("ws://")
         .and_then(|r| r.split('/').next())
+        .unwrap()
+        .parse()
         .unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = match source {
+        None => TcpStream::connect(addr).await.unwrap(),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
     let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(url, tcp))
         .await
         .expect("handshake timed out")
@@ -334,10 +365,17 @@ pub async fn recv(ws: &mut Ws) -> Message {
         .expect("read error")
 }
 
-/// Sends and expects the same message back.
+/// Sends and expects the same message back (skipping the server's keepalive pings, which
+/// tungstenite answers by itself).
 pub async fn echo(ws: &mut Ws, msg: Message) {
     ws.send(msg.clone()).await.unwrap();
-    assert_eq!(recv(ws).await, msg);
+    let got = loop {
+        match recv(ws).await {
+            Message::Ping(_) => continue,
+            m => break m,
+        }
+    };
+    assert_eq!(got, msg);
 }
 
 /// A raw HTTP/1.1 exchange: (status, full response text).
