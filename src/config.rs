@@ -449,6 +449,8 @@ pub fn load_with_env(
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("server.listen")
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("server.subprotocols")
             .try_parsing(true)
             .source(Some(env.into_iter().collect())),
     );
@@ -946,6 +948,37 @@ mod tests {
         assert_eq!(c.server.listen.len(), 2);
         assert_eq!(c.server.max_connections, 12);
         assert_eq!(c.websocket.reply_prefix, "서버에서 응답: ");
+    }
+
+    #[test]
+    fn every_list_key_can_come_from_the_environment() {
+        let c = load_str(
+            "",
+            &[
+                (
+                    "WSECHOD_SERVER__ALLOWED_ORIGINS",
+                    "https://a.example,http://b.example:8080",
+                ),
+                ("WSECHOD_SERVER__SUBPROTOCOLS", "echo.v1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.allowed_origins.len(), 2);
+        assert_eq!(c.server.subprotocols, ["echo.v1"]);
+        // Every list in the configuration is covered by a list key above.
+        let all: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (section, keys) in &all {
+            for (key, value) in keys.as_table().unwrap() {
+                if value.is_array() {
+                    let src = include_str!("config.rs");
+                    let key = format!("{section}.{key}");
+                    assert!(
+                        src.contains(&format!(".with_list_parse_key(\"{key}\")")),
+                        "{key} is a list but not parsed as one from the environment"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

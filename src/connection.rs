@@ -155,7 +155,7 @@ pub async fn serve<S>(
                 biased;
                 () = drain.cancelled() => {
                     let frame = CloseFrame { code: CloseCode::Normal, reason: settings.close_reason.clone() };
-                    if send_close(&mut ws, tracker, metrics, frame).await.is_err() {
+                    if Box::pin(send_close(&mut ws, tracker, metrics, frame)).await.is_err() {
                         tracker.aborted(AbortReason::Reset);
                         return;
                     }
@@ -163,7 +163,8 @@ pub async fn serve<S>(
                 }
                 () = &mut timer => {
                     let due = deadlines.fire(Instant::now());
-                    if let Step::Done = on_timer(&mut ws, due, tracker, metrics, write_timeout).await {
+                    let fired = Box::pin(on_timer(&mut ws, due, tracker, metrics, write_timeout));
+                    if let Step::Done = fired.await {
                         return;
                     }
                     timer.as_mut().reset(deadlines.next().into());
@@ -277,7 +278,8 @@ where
     let write_timeout = settings.timers.write_timeout;
     let msg = match next {
         Some(Ok(msg)) => msg,
-        Some(Err(e)) => return failed(ws, e, tracker, metrics).await,
+        // Boxed, like the other rare paths, to keep every connection's future small.
+        Some(Err(e)) => return Box::pin(failed(ws, e, tracker, metrics)).await,
         None => {
             // tokio-tungstenite ends the stream only after a close handshake.
             end_after_close(tracker);
@@ -342,7 +344,7 @@ where
                     u16::from(CloseCode::Protocol)
                 }
             });
-            match tokio::time::timeout(CLOSE_LINGER, ws.flush()).await {
+            match Box::pin(tokio::time::timeout(CLOSE_LINGER, ws.flush())).await {
                 Ok(Ok(())) | Ok(Err(WsError::ConnectionClosed)) => {
                     metrics.close_sent(reply);
                     tracker.closed();
@@ -371,12 +373,18 @@ where
     let ready = match poll_fn(|cx| ws.poll_ready_unpin(cx)).now_or_never() {
         Some(r) => Ok(r),
         // Only a blocked peer costs a timer.
-        None => tokio::time::timeout(write_timeout, poll_fn(|cx| ws.poll_ready_unpin(cx))).await,
+        None => {
+            Box::pin(tokio::time::timeout(
+                write_timeout,
+                poll_fn(|cx| ws.poll_ready_unpin(cx)),
+            ))
+            .await
+        }
     };
     let result = match ready {
         Ok(Ok(())) => ws.start_send_unpin(msg),
         Ok(Err(e)) => Err(e),
-        Err(_) => return write_timed_out(ws, tracker, metrics).await,
+        Err(_) => return Box::pin(write_timed_out(ws, tracker, metrics)).await,
     };
     match result {
         Ok(()) => Step::Continue,
@@ -400,7 +408,7 @@ where
 {
     let result = match ws.flush().now_or_never() {
         Some(r) => Ok(r),
-        None => tokio::time::timeout(write_timeout, ws.flush()).await,
+        None => Box::pin(tokio::time::timeout(write_timeout, ws.flush())).await,
     };
     match result {
         Ok(Ok(())) => Step::Continue,
@@ -409,7 +417,7 @@ where
             tracker.aborted(AbortReason::Reset);
             Step::Done
         }
-        Err(_) => write_timed_out(ws, tracker, metrics).await,
+        Err(_) => Box::pin(write_timed_out(ws, tracker, metrics)).await,
     }
 }
 
@@ -514,7 +522,8 @@ where
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
     let discard = async {
         let _ = io.shutdown().await;
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future, used or not.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_MAX_BYTES {
             match io.read(&mut buf).await {

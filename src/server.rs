@@ -193,21 +193,38 @@ async fn serve(
     let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
     match &settings.tls {
         None => serve_io(stream, deadline, tracker, settings, shared, limit).await,
+        // Boxed: TLS state is large, and plain connections should not carry its size.
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    serve_io(tls_stream, deadline, tracker, settings, shared, limit).await;
-                }
-                Ok(Err(e)) => {
-                    debug!(error = %e, "TLS handshake failed");
-                    tracker.aborted(AbortReason::HandshakeFailed);
-                }
-                Err(_) => {
-                    debug!("TLS handshake timed out");
-                    tracker.aborted(AbortReason::HandshakeFailed);
-                }
-            }
+            let tls = tls.clone();
+            Box::pin(serve_tls(
+                stream, tls, deadline, tracker, settings, shared, limit,
+            ))
+            .await;
+        }
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    deadline: tokio::time::Instant,
+    tracker: &ConnTracker,
+    settings: &Settings,
+    shared: &Shared,
+    limit: Limit,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            serve_io(tls_stream, deadline, tracker, settings, shared, limit).await;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            tracker.aborted(AbortReason::HandshakeFailed);
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            tracker.aborted(AbortReason::HandshakeFailed);
         }
     }
 }
@@ -224,13 +241,36 @@ pub async fn serve_io<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(upgraded) = handshake(io, deadline, tracker, settings, &shared.metrics, limit).await
-    else {
+    // Boxed: hyper's connection state is large and dead once the upgrade is done, so it
+    // should not stay in every open connection's task.
+    let handshake = Box::pin(handshake(
+        io,
+        deadline,
+        tracker,
+        settings,
+        &shared.metrics,
+        limit,
+    ));
+    let Some(upgraded) = handshake.await else {
         return;
     };
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(settings.ws))
-            .await;
+    // Take our own socket back from hyper: no boxed, dynamically dispatched I/O on the
+    // message path. Bytes the client sent right behind its request are handed on.
+    let parts = match upgraded.downcast::<TokioIo<IO>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            debug!("upgraded connection of an unexpected type");
+            tracker.aborted(AbortReason::HandshakeFailed);
+            return;
+        }
+    };
+    let ws = WebSocketStream::from_partially_read(
+        parts.io.into_inner(),
+        parts.read_buf.to_vec(),
+        Role::Server,
+        Some(settings.ws),
+    )
+    .await;
     debug!("WebSocket open");
     connection::serve(ws, tracker, &shared.metrics, settings, &shared.drain).await;
 }
