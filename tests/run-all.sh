@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# tests/run-all.sh: every test of wsechod, in one command (README.md "Test").
+#
+# Stages, each run even if an earlier one failed, with a summary at the end:
+#   lint       cargo fmt --check, cargo clippy -D warnings, shellcheck of our scripts
+#   test       cargo test --locked (unit + integration; promtool and prometheus from Debian)
+#   man        man pages match their Markdown sources and render without warnings
+#   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
+#   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
+#   deb        the .deb with cargo-deb, then lintian: no error, no warning
+#   e2e        real systemd in systemd-nspawn: apt install, reload, drain, upgrade, purge
+#
+# Needs root on Debian 12 (it installs Debian packages it lacks). Slow parts are cached
+# under ${XDG_CACHE_HOME:-~/.cache}/wsechod. Ends with "run-all: N passed, N failed".
+# Run a subset with e.g. `tests/run-all.sh test man`.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+root=$PWD
+
+stages=(lint test man autobahn fuzz deb e2e)
+if (($# > 0)); then stages=("$@"); fi
+passed=0 failed=0 failures=()
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the stages need; installed once, without starting any service.
+deps() {
+  local pkgs=(prometheus lintian debootstrap systemd-container zstd curl pandoc man-db groff-base shellcheck)
+  local missing=() p
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing ${missing[*]}"
+  # The prometheus package would start a service on :9090; tests run their own.
+  local policy=/usr/sbin/policy-rc.d created=""
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get -q update >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends "${missing[@]}" >/dev/null
+  local rc=$?
+  [[ -n $created ]] && rm -f "$policy"
+  return $rc
+}
+
+stage_lint() {
+  cargo fmt --all -- --check &&
+    cargo clippy --locked --all-targets -- -D warnings &&
+    shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/e2e/*.sh man/render.sh \
+      packaging/build-deb.sh bench/run.sh tests/fuzz.sh .ci/run
+}
+
+stage_test() { cargo test --locked; }
+
+stage_man() { man/render.sh --check; }
+
+stage_autobahn() {
+  cargo build --locked --release && tests/autobahn/run.sh target/release/wsechod etc/wsechod.toml
+}
+
+stage_fuzz() { tests/fuzz.sh; }
+
+debdir=$root/target/debian
+stage_deb() {
+  rm -f "$debdir"/wsechod_*.deb
+  packaging/build-deb.sh &&
+    lintian --fail-on error,warning --suppress-tags running-with-root-privileges \
+      "$debdir"/wsechod_*.deb &&
+    echo "lintian: no errors, no warnings"
+}
+
+stage_e2e() { E2E_DEBDIR=$debdir tests/e2e/run.sh; }
+
+started=$(date +%s)
+log "dependencies"
+deps || { echo "run-all: installing Debian packages failed"; exit 1; }
+# The e2e root file system downloads while cargo compiles.
+if [[ " ${stages[*]} " == *" e2e "* ]]; then
+  tests/e2e/run.sh --prepare >/tmp/wsechod-e2e-prepare.log 2>&1 &
+fi
+
+for s in "${stages[@]}"; do
+  log "stage $s"
+  t=$(date +%s)
+  if "stage_$s"; then
+    passed=$((passed + 1))
+    echo "stage $s: ok ($(($(date +%s) - t)) s)"
+  else
+    failed=$((failed + 1))
+    failures+=("$s")
+    echo "stage $s: FAILED ($(($(date +%s) - t)) s)"
+  fi
+done
+wait
+
+log "summary ($(($(date +%s) - started)) s)"
+((failed > 0)) && echo "failed stages: ${failures[*]}"
+echo "run-all: $passed passed, $failed failed"
+((failed == 0))
