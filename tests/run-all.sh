@@ -65,7 +65,7 @@ debdir=$root/target/debian
 stage_deb() {
   rm -f "$debdir"/wsechod_*.deb
   packaging/build-deb.sh &&
-    lintian --fail-on error,warning --suppress-tags running-with-root-privileges \
+    lintian --fail-on error,warning \
       "$debdir"/wsechod_*.deb &&
     echo "lintian: no errors, no warnings"
 }
