@@ -264,13 +264,12 @@ pub async fn serve_io<IO>(
             return;
         }
     };
-    let ws = WebSocketStream::from_partially_read(
-        parts.io.into_inner(),
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(settings.ws),
-    )
-    .await;
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let early = read_buf.to_vec();
+    // Frees hyper's read buffer, which `read_buf` points into, for the connection's life.
+    drop(read_buf);
+    let ws = WebSocketStream::from_partially_read(io.into_inner(), early, Role::Server, Some(settings.ws))
+        .await;
     debug!("WebSocket open");
     connection::serve(ws, tracker, &shared.metrics, settings, &shared.drain).await;
 }
