@@ -296,7 +296,12 @@ where
             }
             let reply = match &settings.reply_prefix {
                 None => text,
-                Some(prefix) => Utf8Bytes::from(format!("{prefix}{}", text.as_str())),
+                Some(prefix) => {
+                    let mut s = String::with_capacity(prefix.len() + text.len());
+                    s.push_str(prefix);
+                    s.push_str(&text);
+                    Utf8Bytes::from(s)
+                }
             };
             metrics.message_sent(Kind::Text, reply.len());
             *batch.pending = true;
