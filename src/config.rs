@@ -581,10 +581,14 @@ impl Config {
                 return Err(("server.listen", format!("{addr} is listed twice")));
             }
         }
-        if !s.path.starts_with('/') || s.path.chars().any(|c| c.is_whitespace() || c == '?') {
+        if !valid_path(&s.path) {
             return Err((
                 "server.path",
-                format!("{:?} must start with '/' and hold no spaces or '?'", s.path),
+                format!(
+                    "{:?} is not a URL path a client can request: it must start with '/' and \
+                     hold only the characters RFC 3986 allows in a path (percent-encode others)",
+                    s.path
+                ),
             ));
         }
         within(
@@ -803,6 +807,32 @@ impl Config {
         }
         keys
     }
+}
+
+/// An absolute path as a client sends it on the request line: `/` followed by RFC 3986
+/// `pchar`s and `/` (unreserved, sub-delims, `:`, `@`, percent-escapes); no query or fragment.
+fn valid_path(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: Option<&u8>| c.is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(b.get(i + 1)) && hex(b.get(i + 2))) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&c) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 fn within(
@@ -1025,6 +1055,11 @@ mod tests {
         let cases = [
             ("[server]\nlisten = []\n", "server.listen"),
             ("[server]\npath = \"ws\"\n", "server.path"),
+            ("[server]\npath = \"/ws#live\"\n", "server.path"),
+            ("[server]\npath = \"/ws?x=1\"\n", "server.path"),
+            ("[server]\npath = \"/é\"\n", "server.path"),
+            ("[server]\npath = \"/a b\"\n", "server.path"),
+            ("[server]\npath = \"/bad%2\"\n", "server.path"),
             (
                 "[server]\nmax_header_size = \"1KiB\"\n",
                 "server.max_header_size",
@@ -1045,6 +1080,20 @@ mod tests {
             let text = text.replace("%REASON%", &"x".repeat(124));
             let e = load_str(&text, &[]).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn reachable_paths_are_valid() {
+        for p in [
+            "/",
+            "/ws",
+            "/echo/v1",
+            "/a-b_c.d~e",
+            "/%C3%A9",
+            "/x:y@z;v=1",
+        ] {
+            assert!(valid_path(p), "{p}");
         }
     }
 

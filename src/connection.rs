@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use std::future::poll_fn;
-use std::time::Instant;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+// tokio's clock, not std's: the same one the timer sleeps on (and that tests can pause).
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -147,7 +148,7 @@ pub async fn serve<S>(
     tracker.set(ConnState::Open);
     let write_timeout = settings.timers.write_timeout;
     let mut deadlines = Deadlines::new(settings.timers, Instant::now());
-    let timer = tokio::time::sleep_until(deadlines.next().into());
+    let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
     loop {
         let next = if tracker.state() == ConnState::Open {
@@ -167,7 +168,7 @@ pub async fn serve<S>(
                     if let Step::Done = fired.await {
                         return;
                     }
-                    timer.as_mut().reset(deadlines.next().into());
+                    timer.as_mut().reset(deadlines.next());
                     continue;
                 }
                 next = ws.next() => next,
@@ -195,7 +196,7 @@ pub async fn serve<S>(
         if data && settings.timers.idle_timeout.is_some() {
             // Data, not pings and pongs, counts as activity.
             deadlines.last_activity = Instant::now();
-            timer.as_mut().reset(deadlines.next().into());
+            timer.as_mut().reset(deadlines.next());
         }
         if pending && let Step::Done = flush(&mut ws, tracker, metrics, write_timeout).await {
             return;
@@ -476,6 +477,8 @@ where
         }
         WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             debug!(error = %e, "connection reset");
+            // A peer that half-closed may still read: deliver the echoes of this batch.
+            let _ = tokio::time::timeout(CLOSE_LINGER, ws.flush()).await;
             tracker.aborted(AbortReason::Reset);
             return Step::Done;
         }

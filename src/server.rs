@@ -268,8 +268,13 @@ pub async fn serve_io<IO>(
     let early = read_buf.to_vec();
     // Frees hyper's read buffer, which `read_buf` points into, for the connection's life.
     drop(read_buf);
-    let ws = WebSocketStream::from_partially_read(io.into_inner(), early, Role::Server, Some(settings.ws))
-        .await;
+    let ws = WebSocketStream::from_partially_read(
+        io.into_inner(),
+        early,
+        Role::Server,
+        Some(settings.ws),
+    )
+    .await;
     debug!("WebSocket open");
     connection::serve(ws, tracker, &shared.metrics, settings, &shared.drain).await;
 }
@@ -316,6 +321,9 @@ where
     // Keep-alive stays on (hyper would otherwise overwrite the 101's `Connection: Upgrade`);
     // error responses carry `Connection: close` and the whole exchange is bounded anyway.
     builder
+        // A client that sends its request and then FIN (`nc -N`, health checkers) still
+        // gets its answer; the exchange stays bounded by the deadline.
+        .half_close(true)
         .max_buf_size(settings.max_header_size)
         .timer(TokioTimer::new())
         .header_read_timeout(settings.handshake_timeout);

@@ -46,9 +46,11 @@ deps() {
 
 stage_lint() {
   cargo fmt --all -- --check &&
+    (cd fuzz && cargo fmt --all -- --check) &&
+    (cd bench && cargo fmt --all -- --check) &&
     cargo clippy --locked --all-targets -- -D warnings &&
     shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/e2e/*.sh man/render.sh \
-      packaging/build-deb.sh bench/run.sh tests/fuzz.sh .ci/run
+      packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run
 }
 
 stage_test() { cargo test --locked; }
