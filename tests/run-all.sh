@@ -61,7 +61,8 @@ stage_autobahn() {
   cargo build --locked --release && tests/autobahn/run.sh target/release/wsechod etc/wsechod.toml
 }
 
-stage_fuzz() { tests/fuzz.sh; }
+# Nothing else builds meanwhile, so the fuzz build may use both CPUs.
+stage_fuzz() { CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} tests/fuzz.sh; }
 
 debdir=$root/target/debian
 stage_deb() {
