@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Benchmark of wsechod against a raw TCP echo (tcp-echo) and a plain tokio-tungstenite echo
+# (tt-echo). See bench/README.md.
+#
+# Every server is started fresh for every run, pinned to one CPU; the load generator is pinned
+# to another. The figure compared is the server's CPU time per message (per handshake) and its
+# memory per idle connection, as a ratio to the raw TCP echo.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/run.sh [options]
+
+  --quick             one run per server and scenario, 2 s windows after 0.5 s warm-up
+  --runs N            runs per server and scenario (default 3; 1 with --quick)
+  --duration S        measured window in seconds (default 5; 2 with --quick)
+  --warmup S          warm-up before it in seconds (default 1; 0.5 with --quick)
+  --hold S            how long idle connections are held (default 5; 1 with --quick)
+  --idle-conns N      connections of the idle scenario (default 10000)
+  --max-idle-kib N    fail if wsechod's median RSS per idle connection exceeds N KiB
+  --scenarios "a b"   scenarios to run, of a b c d e (default all)
+  --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all)
+  --out FILE          where the RESULT lines go (default bench/results/<time>.txt);
+                      the table goes to the same name with .md
+  --wait-quiet S      before each run, wait up to S seconds for the machine to be idle
+                      (other processes under 10% of the CPUs for a second); default 0
+  --no-build          use the binaries already built
+  -h, --help          this text
+
+Scenarios: a) 100 connections ping-pong, 32 B text; b) 100 connections, 16 in flight, 32 B
+text; c) 10 connections ping-pong, 64 KiB binary; d) handshake rate, 32 workers; e) idle
+connections, server RSS per connection.
+
+Environment: BENCH_SERVER_CPU (default 0) and BENCH_CLIENT_CPU (default 1) choose the CPUs
+(taskset lists; the load generator runs one thread per CPU of its list); CARGO_BUILD_JOBS
+limits the build's parallelism as usual.
+EOF
+}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR=$ROOT/bench
+BIN=$BENCH_DIR/target/release
+
+RUNS=
+DURATION=
+WARMUP=
+HOLD=
+QUICK=0
+IDLE_CONNS=10000
+MAX_IDLE_KIB=
+SCENARIOS="a b c d e"
+SERVERS="tcp-echo wsechod tt-echo"
+OUT=
+BUILD=1
+WAIT_QUIET=0
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+
+die() {
+    echo "run.sh: $*" >&2
+    exit 1
+}
+
+need_value() {
+    [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --runs) need_value "$@"; RUNS=$2; shift ;;
+        --duration) need_value "$@"; DURATION=$2; shift ;;
+        --warmup) need_value "$@"; WARMUP=$2; shift ;;
+        --hold) need_value "$@"; HOLD=$2; shift ;;
+        --idle-conns) need_value "$@"; IDLE_CONNS=$2; shift ;;
+        --max-idle-kib) need_value "$@"; MAX_IDLE_KIB=$2; shift ;;
+        --scenarios) need_value "$@"; SCENARIOS=$2; shift ;;
+        --servers) need_value "$@"; SERVERS=$2; shift ;;
+        --out) need_value "$@"; OUT=$2; shift ;;
+        --wait-quiet) need_value "$@"; WAIT_QUIET=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option $1" ;;
+    esac
+    shift
+done
+
+if [[ $QUICK == 1 ]]; then
+    : "${RUNS:=1}" "${DURATION:=2}" "${WARMUP:=0.5}" "${HOLD:=1}"
+else
+    : "${RUNS:=3}" "${DURATION:=5}" "${WARMUP:=1}" "${HOLD:=5}"
+fi
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+[[ $WAIT_QUIET =~ ^[0-9]+$ ]] || die "--wait-quiet must be a whole number of seconds"
+[[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
+[[ -z $MAX_IDLE_KIB || $MAX_IDLE_KIB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--max-idle-kib must be a number"
+for s in $SCENARIOS; do [[ $s =~ ^[a-e]$ ]] || die "unknown scenario $s"; done
+for s in $SERVERS; do
+    case $s in tcp-echo | wsechod | tt-echo) ;; *) die "unknown server $s" ;; esac
+done
+command -v taskset >/dev/null || die "taskset (util-linux) is needed"
+command -v timeout >/dev/null || die "timeout (coreutils) is needed"
+taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU (BENCH_SERVER_CPU)"
+taskset -c "$CLIENT_CPU" true 2>/dev/null || die "cannot pin to CPU $CLIENT_CPU (BENCH_CLIENT_CPU)"
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "the server and the load generator need different CPUs"
+# One load generator thread per CPU it may use (BENCH_CLIENT_CPU may be a list, e.g. 1-3).
+CLIENT_THREADS=$(taskset -c "$CLIENT_CPU" nproc)
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+if [[ -z $OUT ]]; then
+    mkdir -p "$BENCH_DIR/results"
+    OUT=$BENCH_DIR/results/$STAMP.txt
+fi
+TABLE=${OUT%.txt}.md
+LOGS=${OUT%.txt}-logs
+mkdir -p "$(dirname "$OUT")" "$LOGS"
+
+# Servers (and the load generator) this script started; stopped on any exit.
+declare -A STARTED=()
+BENCH_PID=
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    local pid
+    if [[ -n $BENCH_PID ]]; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+    fi
+    for pid in "${!STARTED[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${!STARTED[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- build ---------------------------------------------------------------------------------
+if [[ $BUILD == 1 ]]; then
+    echo "== building wsechod and the bench project (release)"
+    (cd "$ROOT" && cargo build --release --locked)
+    (cd "$BENCH_DIR" && cargo build --release --locked)
+fi
+for b in "$ROOT/target/release/wsechod" "$BIN/wsechod-bench" "$BIN/tcp-echo" "$BIN/tt-echo"; do
+    [[ -x $b ]] || die "$b is missing (run without --no-build)"
+done
+
+# --- file descriptors ----------------------------------------------------------------------
+# Each side of an idle connection holds one descriptor, in its own process.
+WANT_FDS=$((IDLE_CONNS + 1024))
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $WANT_FDS ]]; then
+    if [[ $(ulimit -Hn) != unlimited && $(ulimit -Hn) -lt $WANT_FDS ]]; then
+        ulimit -Hn "$WANT_FDS" 2>/dev/null || die "cannot raise the hard limit of open files to $WANT_FDS (run as root, or lower --idle-conns)"
+    fi
+    ulimit -n "$WANT_FDS"
+fi
+
+# --- servers -------------------------------------------------------------------------------
+SERVER_PID=
+SERVER_URL=
+
+# Starts server $1 pinned to SERVER_CPU, logging to $2; sets SERVER_PID and SERVER_URL.
+start_server() {
+    local name=$1 log=$2 pattern
+    : >"$log"
+    case $name in
+        wsechod)
+            # The shipped configuration, with only the addresses changed; nothing from the
+            # caller's environment (RUST_LOG, WSECHOD_*) may change it.
+            local -a unset=(-u RUST_LOG)
+            local v
+            for v in $(compgen -e); do
+                [[ $v == WSECHOD_* ]] && unset+=(-u "$v")
+            done
+            env "${unset[@]}" WSECHOD_SERVER__LISTEN=127.0.0.1:0 WSECHOD_METRICS__LISTEN=127.0.0.1:0 \
+                taskset -c "$SERVER_CPU" "$ROOT/target/release/wsechod" -c "$ROOT/etc/wsechod.toml" \
+                >/dev/null 2>"$log" &
+            pattern='listening on ws://127\.0\.0\.1:[0-9]+/ws'
+            ;;
+        tt-echo)
+            taskset -c "$SERVER_CPU" "$BIN/tt-echo" 127.0.0.1:0 >/dev/null 2>"$log" &
+            pattern='listening on ws://127\.0\.0\.1:[0-9]+/'
+            ;;
+        tcp-echo)
+            taskset -c "$SERVER_CPU" "$BIN/tcp-echo" 127.0.0.1:0 >/dev/null 2>"$log" &
+            pattern='listening on tcp://127\.0\.0\.1:[0-9]+'
+            ;;
+    esac
+    SERVER_PID=$!
+    STARTED[$SERVER_PID]=1
+    SERVER_URL=
+    for _ in $(seq 100); do
+        SERVER_URL=$(grep -oE "$pattern" "$log" 2>/dev/null | head -n1 | sed 's/^listening on //') || true
+        [[ -n $SERVER_URL ]] && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "run.sh: $name did not start; its log ($log):" >&2
+    sed 's/^/    /' "$log" >&2 || true
+    exit 1
+}
+
+# Stops the running server: SIGTERM, then SIGKILL after 15 s.
+stop_server() {
+    local pid=$SERVER_PID
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "run.sh: server $pid did not stop within 15 s, killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "STARTED[$pid]"
+    SERVER_PID=
+}
+
+# Percentage of all CPUs busy over the next second, from /proc/stat.
+busy_pct() {
+    local a b
+    read -ra a < <(head -n1 /proc/stat)
+    sleep 1
+    read -ra b < <(head -n1 /proc/stat)
+    local total=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do
+        total=$((total + b[i] - a[i]))
+    done
+    idle=$((b[4] - a[4] + b[5] - a[5]))
+    if [[ $total -le 0 ]]; then
+        echo 0
+    else
+        echo $((100 * (total - idle) / total))
+    fi
+}
+
+# With --wait-quiet S: waits up to S seconds for other work on the machine to calm down.
+wait_quiet() {
+    [[ $WAIT_QUIET -gt 0 ]] || return 0
+    local deadline=$((SECONDS + WAIT_QUIET)) busy
+    while :; do
+        busy=$(busy_pct)
+        [[ $busy -lt 10 ]] && return 0
+        if [[ $SECONDS -ge $deadline ]]; then
+            echo "    (the machine is still ${busy}% busy after waiting ${WAIT_QUIET} s; going on)"
+            return 0
+        fi
+    done
+}
+
+# --- scenarios -----------------------------------------------------------------------------
+desc() {
+    case $1 in
+        a) echo "100 conns ping-pong 32 B text" ;;
+        b) echo "100 conns × 16 in flight 32 B text" ;;
+        c) echo "10 conns ping-pong 64 KiB binary" ;;
+        d) echo "handshakes, 32 workers" ;;
+        e) echo "$IDLE_CONNS idle conns" ;;
+    esac
+}
+
+# The load generator's arguments for scenario $1.
+bench_args() {
+    local t=(-d "$DURATION" -w "$WARMUP")
+    case $1 in
+        a) echo echo -c 100 -k 1 -s 32 --text "${t[@]}" ;;
+        b) echo echo -c 100 -k 16 -s 32 --text "${t[@]}" ;;
+        c) echo echo -c 10 -k 1 -s 65536 "${t[@]}" ;;
+        d) echo handshake -c 32 "${t[@]}" ;;
+        e) echo idle -c "$IDLE_CONNS" --hold "$HOLD" ;;
+    esac
+}
+
+# An upper bound on one load generator run, in seconds.
+bench_limit() {
+    case $1 in
+        e) echo $((60 + 120 + ${HOLD%.*} + 30)) ;;
+        *) echo $((60 + ${WARMUP%.*} + ${DURATION%.*})) ;;
+    esac
+}
+
+{
+    echo "# wsechod benchmark $STAMP"
+    echo "# git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock etc 2>/dev/null || echo ' (work tree differs)')"
+    echo "# $(uname -srm), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "# runs=$RUNS duration=$DURATION warmup=$WARMUP hold=$HOLD idle_conns=$IDLE_CONNS server_cpu=$SERVER_CPU client_cpu=$CLIENT_CPU client_threads=$CLIENT_THREADS"
+} >"$OUT"
+
+FAILED=0
+TOTAL=$((RUNS * $(wc -w <<<"$SCENARIOS") * $(wc -w <<<"$SERVERS")))
+N=0
+echo "== $TOTAL runs; RESULT lines go to $OUT"
+for run in $(seq "$RUNS"); do
+    for sc in $SCENARIOS; do
+        # Servers take turns within a run, so that a slow drift of the machine hits all alike.
+        for server in $SERVERS; do
+            N=$((N + 1))
+            tag="$sc-$server-$run"
+            wait_quiet
+            start_server "$server" "$LOGS/$tag.log"
+            url=$SERVER_URL
+            if [[ $server == tcp-echo ]]; then
+                url=${url%/}
+            fi
+            # shellcheck disable=SC2046 # bench_args prints words
+            set -- $(bench_args "$sc")
+            mode=$1
+            shift
+            timeout --kill-after=5 "$(bench_limit "$sc")" \
+                taskset -c "$CLIENT_CPU" "$BIN/wsechod-bench" "$mode" "$url" "$@" \
+                --server-pid "$SERVER_PID" --threads "$CLIENT_THREADS" \
+                --label "scenario=$sc" --label "desc=$(desc "$sc")" \
+                --label "server=$server" --label "run=$run" \
+                >"$LOGS/$tag.out" 2>&1 &
+            BENCH_PID=$!
+            status=0
+            wait "$BENCH_PID" || status=$?
+            BENCH_PID=
+            alive=1
+            kill -0 "$SERVER_PID" 2>/dev/null || alive=0
+            stop_server
+            grep '^RESULT ' "$LOGS/$tag.out" >>"$OUT" || true
+            printf '[%d/%d] %s %s run %d: ' "$N" "$TOTAL" "$sc" "$server" "$run"
+            grep -v '^RESULT ' "$LOGS/$tag.out" | grep -v '^idle .* holding$' | sed '2,$s/^/    /' || true
+            if [[ $status != 0 ]]; then
+                echo "    load generator failed (exit $status)"
+                FAILED=$((FAILED + 1))
+            elif [[ $alive == 0 ]]; then
+                echo "    the server died during the run; its log: $LOGS/$tag.log"
+                FAILED=$((FAILED + 1))
+            elif ! grep -q '"errors":0[,}]' "$LOGS/$tag.out"; then
+                FAILED=$((FAILED + 1))
+            fi
+        done
+    done
+done
+
+echo
+echo "== results ($RUNS run(s) each, ${DURATION} s windows after ${WARMUP} s warm-up)"
+check=()
+if [[ -n $MAX_IDLE_KIB ]]; then
+    check=(--max-idle-kib "$MAX_IDLE_KIB" --check-server wsechod)
+fi
+status=0
+"$BIN/wsechod-bench" summarize "$OUT" "${check[@]}" | tee "$TABLE" || status=$?
+echo
+echo "RESULT lines: $OUT"
+echo "table:        $TABLE"
+echo "elapsed:      ${SECONDS} s"
+if [[ $FAILED != 0 ]]; then
+    echo "run.sh: $FAILED run(s) failed or reported errors (logs in $LOGS)" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,256 @@
+//! What is being driven: parsing the URL, connecting (from a chosen source address), the
+//! WebSocket upgrade, and the exact bytes of client and server frames.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The `Sec-WebSocket-Key` of RFC 6455 section 1.3 and the accept value it must produce.
+/// One fixed key is enough: the server computes the SHA-1 for it all the same.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A fixed, non-zero masking key, so that the server really unmasks.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Ws,
+    Tcp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: Kind,
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    host: String,
+    /// Request target of the upgrade.
+    path: String,
+    /// Source addresses to spread over; empty means the kernel's choice.
+    sources: Vec<IpAddr>,
+}
+
+impl Target {
+    pub fn parse(url: &str, source_ips: u8) -> Result<Target, String> {
+        let (kind, rest) = if let Some(r) = url.strip_prefix("ws://") {
+            (Kind::Ws, r)
+        } else if let Some(r) = url.strip_prefix("tcp://") {
+            (Kind::Tcp, r)
+        } else {
+            return Err(format!(
+                "{url}: expected ws://HOST:PORT/PATH or tcp://HOST:PORT"
+            ));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if kind == Kind::Tcp && path != "/" {
+            return Err(format!("{url}: a tcp:// target has no path"));
+        }
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("{url}: cannot resolve {authority}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url}: {authority} has no address"))?;
+        let sources = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_loopback() && source_ips > 1 => (1..=source_ips)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Target {
+            kind,
+            url: url.to_owned(),
+            addr,
+            host: authority.to_owned(),
+            path: path.to_owned(),
+            sources,
+        })
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len().max(1)
+    }
+
+    /// Connects with TCP_NODELAY, from source address number `n` (modulo their count).
+    pub async fn connect(&self, n: usize) -> io::Result<TcpStream> {
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if !self.sources.is_empty() {
+            let src = self.sources[n % self.sources.len()];
+            // Leave the port choice to connect(), which knows the destination: bind() alone
+            // would reserve a port for every destination and run out far sooner.
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket, option value of the size given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            socket.bind(SocketAddr::new(src, 0))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// For ws:// targets, sends the upgrade request and checks the 101 response. Returns any
+    /// bytes that came after the response head.
+    pub async fn upgrade(&self, stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        if self.kind == Kind::Tcp {
+            return Ok(Vec::new());
+        }
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.path, self.host
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed during the upgrade",
+                ));
+            }
+            let from = buf.len().saturating_sub(3);
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                break from + i + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                return Err(bad("upgrade response head over 16 KiB"));
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or("");
+        if !status.starts_with("HTTP/1.1 101") {
+            return Err(bad(format!("upgrade refused: {status}")));
+        }
+        let accept = lines.find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("sec-websocket-accept")
+                .then(|| value.trim().to_owned())
+        });
+        if accept.as_deref() != Some(ACCEPT) {
+            return Err(bad(format!("wrong Sec-WebSocket-Accept {accept:?}")));
+        }
+        Ok(buf[end..].to_vec())
+    }
+
+    /// The bytes the server sends back for one `client_frame`: the unmasked server frame for
+    /// WebSocket, the very same bytes for a raw TCP echo.
+    pub fn reply_for(&self, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        match self.kind {
+            Kind::Ws => frame(opcode, payload, None),
+            Kind::Tcp => frame(opcode, payload, Some(MASK)),
+        }
+    }
+}
+
+pub fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CLOSE: u8 = 0x8;
+
+/// One final frame; masked (a client frame) when `mask` is given.
+pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= 0xffff {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A payload of `size` bytes: ASCII letters for text, a fixed pseudo-random pattern for binary.
+pub fn payload(size: usize, text: bool) -> Vec<u8> {
+    if text {
+        (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+    } else {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(frame(TEXT, &[0; 125], None).len(), 2 + 125);
+        assert_eq!(frame(TEXT, &[0; 126], None).len(), 4 + 126);
+        assert_eq!(frame(BINARY, &[0; 65536], None).len(), 10 + 65536);
+        assert_eq!(frame(BINARY, &[0; 32], Some(MASK)).len(), 6 + 32);
+    }
+
+    #[test]
+    fn masking_round_trips() {
+        let f = frame(TEXT, b"hello", Some(MASK));
+        assert_eq!(f[1], 0x80 | 5);
+        let unmasked: Vec<u8> = f[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK[i % 4])
+            .collect();
+        assert_eq!(unmasked, b"hello");
+    }
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("ws://127.0.0.1:9/ws", 4).unwrap();
+        assert_eq!(t.kind, Kind::Ws);
+        assert_eq!(t.path, "/ws");
+        assert_eq!(t.source_count(), 4);
+        let t = Target::parse("tcp://127.0.0.1:9", 0).unwrap();
+        assert_eq!(t.kind, Kind::Tcp);
+        assert_eq!(t.source_count(), 1);
+        assert!(Target::parse("http://127.0.0.1:9/", 0).is_err());
+    }
+}
