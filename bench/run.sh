@@ -31,7 +31,9 @@ Scenarios: a) 100 connections ping-pong, 32 B text; b) 100 connections, 16 in fl
 text; c) 10 connections ping-pong, 64 KiB binary; d) handshake rate, 32 workers; e) idle
 connections, server RSS per connection.
 
-Environment: BENCH_SERVER_CPU (default 0) and BENCH_CLIENT_CPU (default 1) choose the CPUs
+Environment: BENCH_WSECHOD_ENV="WSECHOD_X__Y=V ..." passes settings to wsechod for experiments
+(the default is the shipped configuration untouched). BENCH_SERVER_CPU (default 0) and
+BENCH_CLIENT_CPU (default 1) choose the CPUs
 (taskset lists; the load generator runs one thread per CPU of its list); CARGO_BUILD_JOBS
 limits the build's parallelism as usual.
 EOF
@@ -170,13 +172,15 @@ start_server() {
     case $name in
         wsechod)
             # The shipped configuration, with only the addresses changed; nothing from the
-            # caller's environment (RUST_LOG, WSECHOD_*) may change it.
-            local -a unset=(-u RUST_LOG)
+            # caller's environment (RUST_LOG, WSECHOD_*) may change it, except what
+            # BENCH_WSECHOD_ENV names on purpose (experiments: "VAR=VALUE ...").
+            local -a unset=(-u RUST_LOG) extra=()
             local v
             for v in $(compgen -e); do
                 [[ $v == WSECHOD_* ]] && unset+=(-u "$v")
             done
-            env "${unset[@]}" WSECHOD_SERVER__LISTEN=127.0.0.1:0 WSECHOD_METRICS__LISTEN=127.0.0.1:0 \
+            read -r -a extra <<<"${BENCH_WSECHOD_ENV:-}"
+            env "${unset[@]}" WSECHOD_SERVER__LISTEN=127.0.0.1:0 WSECHOD_METRICS__LISTEN=127.0.0.1:0 "${extra[@]}" \
                 taskset -c "$SERVER_CPU" "$ROOT/target/release/wsechod" -c "$ROOT/etc/wsechod.toml" \
                 >/dev/null 2>"$log" &
             pattern='listening on ws://127\.0\.0\.1:[0-9]+/ws'

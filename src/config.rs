@@ -126,7 +126,7 @@ impl Default for WebSocketConfig {
         Self {
             max_message_size: ByteSize(16 * MIB),
             max_frame_size: ByteSize(16 * MIB),
-            read_buffer_size: ByteSize(4 * KIB),
+            read_buffer_size: ByteSize(256),
             write_buffer_size: ByteSize(8 * KIB),
             max_write_buffer_size: ByteSize(32 * MIB),
             reply_prefix: String::new(),

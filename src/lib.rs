@@ -14,6 +14,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod readahead;
 pub mod server;
 pub mod settings;
 pub mod signals;

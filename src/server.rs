@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::connection;
 use crate::http::{self, Decision, Limit};
 use crate::metrics::Metrics;
+use crate::readahead::ReadAhead;
 use crate::settings::Settings;
 use crate::state::{AbortReason, ConnTracker};
 
@@ -268,13 +269,8 @@ pub async fn serve_io<IO>(
     let early = read_buf.to_vec();
     // Frees hyper's read buffer, which `read_buf` points into, for the connection's life.
     drop(read_buf);
-    let ws = WebSocketStream::from_partially_read(
-        io.into_inner(),
-        early,
-        Role::Server,
-        Some(settings.ws),
-    )
-    .await;
+    let io = ReadAhead::new(io.into_inner());
+    let ws = WebSocketStream::from_partially_read(io, early, Role::Server, Some(settings.ws)).await;
     debug!("WebSocket open");
     connection::serve(ws, tracker, &shared.metrics, settings, &shared.drain).await;
 }
