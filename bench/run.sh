@@ -18,6 +18,9 @@ usage: bench/run.sh [options]
   --hold S            how long idle connections are held (default 5; 1 with --quick)
   --idle-conns N      connections of the idle scenario (default 10000)
   --max-idle-kib N    fail if wsechod's median RSS per idle connection exceeds N KiB
+  --drain-conns N     connections wsechod drains on SIGTERM in the drain measurement
+                      (default 10000; 0 skips it)
+  --max-drain-ms N    fail if the median drain takes longer than N ms
   --scenarios "a b"   scenarios to run, of a b c d e (default all)
   --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all)
   --out FILE          where the RESULT lines go (default bench/results/<time>.txt);
@@ -77,6 +80,8 @@ while [[ $# -gt 0 ]]; do
         --idle-conns) need_value "$@"; IDLE_CONNS=$2; shift ;;
         --max-idle-kib) need_value "$@"; MAX_IDLE_KIB=$2; shift ;;
         --scenarios) need_value "$@"; SCENARIOS=$2; shift ;;
+        --drain-conns) need_value "$@"; DRAIN_CONNS=$2; shift ;;
+        --max-drain-ms) need_value "$@"; MAX_DRAIN_MS=$2; shift ;;
         --servers) need_value "$@"; SERVERS=$2; shift ;;
         --out) need_value "$@"; OUT=$2; shift ;;
         --wait-quiet) need_value "$@"; WAIT_QUIET=$2; shift ;;
@@ -95,6 +100,10 @@ fi
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ $WAIT_QUIET =~ ^[0-9]+$ ]] || die "--wait-quiet must be a whole number of seconds"
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
+DRAIN_CONNS=${DRAIN_CONNS:-10000}
+MAX_DRAIN_MS=${MAX_DRAIN_MS:-}
+[[ $DRAIN_CONNS =~ ^[0-9]+$ ]] || die "--drain-conns must be a whole number"
+[[ -z $MAX_DRAIN_MS || $MAX_DRAIN_MS =~ ^[0-9]+$ ]] || die "--max-drain-ms must be a whole number"
 [[ -z $MAX_IDLE_KIB || $MAX_IDLE_KIB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--max-idle-kib must be a number"
 for s in $SCENARIOS; do [[ $s =~ ^[a-e]$ ]] || die "unknown scenario $s"; done
 for s in $SERVERS; do
@@ -144,10 +153,11 @@ trap 'exit 143' TERM
 # --- build ---------------------------------------------------------------------------------
 if [[ $BUILD == 1 ]]; then
     echo "== building wsechod and the bench project (release)"
-    (cd "$ROOT" && cargo build --release --locked)
+    (cd "$ROOT" && cargo build --release --locked && cargo build --release --locked --example wsclient)
     (cd "$BENCH_DIR" && cargo build --release --locked)
 fi
-for b in "$ROOT/target/release/wsechod" "$BIN/wsechod-bench" "$BIN/tcp-echo" "$BIN/tt-echo"; do
+for b in "$ROOT/target/release/wsechod" "$ROOT/target/release/examples/wsclient" \
+    "$BIN/wsechod-bench" "$BIN/tcp-echo" "$BIN/tt-echo"; do
     [[ -x $b ]] || die "$b is missing (run without --no-build)"
 done
 
@@ -345,6 +355,52 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+# --- drain: SIGTERM with DRAIN_CONNS clients connected ------------------------------------
+# examples/wsclient holds the connections and answers each close frame, as a browser would;
+# the figure is the time from SIGTERM to the daemon's exit, every client closed with 1000.
+DRAIN_MS=()
+if [[ $DRAIN_CONNS != 0 && " $SERVERS " == *" wsechod "* ]]; then
+    WSCLIENT=$ROOT/target/release/examples/wsclient
+    for run in $(seq "$RUNS"); do
+        tag="drain-$run"
+        wait_quiet
+        start_server wsechod "$LOGS/$tag.log"
+        taskset -c "$CLIENT_CPU" "$WSCLIENT" hold "$SERVER_URL" "$DRAIN_CONNS" >"$LOGS/$tag.out" 2>&1 &
+        BENCH_PID=$!
+        for _ in $(seq 1200); do
+            grep -q '^held ' "$LOGS/$tag.out" && break
+            kill -0 "$BENCH_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        if ! grep -q '^held ' "$LOGS/$tag.out"; then
+            echo "[drain $run] the clients could not connect: $(tail -n 2 "$LOGS/$tag.out")"
+            FAILED=$((FAILED + 1))
+            stop_server
+            kill "$BENCH_PID" 2>/dev/null || true
+            BENCH_PID=
+            continue
+        fi
+        t0=$(date +%s%N)
+        kill -TERM "$SERVER_PID"
+        ok=1
+        wait "$SERVER_PID" || ok=0
+        t1=$(date +%s%N)
+        unset "STARTED[$SERVER_PID]"
+        wait "$BENCH_PID" || ok=0
+        BENCH_PID=
+        closes=$(grep -c '^close 1000 ' "$LOGS/$tag.out" || true)
+        ms=$(((t1 - t0) / 1000000))
+        echo "[drain $run] SIGTERM with $DRAIN_CONNS connections: exit after $ms ms, $closes clients closed with 1000"
+        echo "RESULT {\"mode\":\"drain\",\"server\":\"wsechod\",\"run\":$run,\"conns\":$DRAIN_CONNS,\"drain_ms\":$ms,\"closes\":$closes}" >>"$OUT"
+        if [[ $ok == 0 || $closes != "$DRAIN_CONNS" ]]; then
+            echo "    drain incomplete (logs in $LOGS/$tag.*)"
+            FAILED=$((FAILED + 1))
+        else
+            DRAIN_MS+=("$ms")
+        fi
+    done
+fi
+
 echo
 echo "== results ($RUNS run(s) each, ${DURATION} s windows after ${WARMUP} s warm-up)"
 check=()
@@ -353,6 +409,15 @@ if [[ -n $MAX_IDLE_KIB ]]; then
 fi
 status=0
 "$BIN/wsechod-bench" summarize "$OUT" "${check[@]}" | tee "$TABLE" || status=$?
+if ((${#DRAIN_MS[@]} > 0)); then
+    median=$(printf '%s\n' "${DRAIN_MS[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    line="drain: SIGTERM to exit with $DRAIN_CONNS connections, median $median ms of ${#DRAIN_MS[@]} run(s) (${DRAIN_MS[*]} ms)"
+    echo "$line" | tee -a "$TABLE"
+    if [[ -n $MAX_DRAIN_MS ]] && ((median > MAX_DRAIN_MS)); then
+        echo "drain check FAILED: $median ms is over $MAX_DRAIN_MS ms" | tee -a "$TABLE"
+        status=2
+    fi
+fi
 echo
 echo "RESULT lines: $OUT"
 echo "table:        $TABLE"
