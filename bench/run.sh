@@ -391,7 +391,7 @@ if [[ $DRAIN_CONNS != 0 && " $SERVERS " == *" wsechod "* ]]; then
         closes=$(grep -c '^close 1000 ' "$LOGS/$tag.out" || true)
         ms=$(((t1 - t0) / 1000000))
         echo "[drain $run] SIGTERM with $DRAIN_CONNS connections: exit after $ms ms, $closes clients closed with 1000"
-        echo "RESULT {\"mode\":\"drain\",\"server\":\"wsechod\",\"run\":$run,\"conns\":$DRAIN_CONNS,\"drain_ms\":$ms,\"closes\":$closes}" >>"$OUT"
+        echo "RESULT {\"mode\":\"drain\",\"server\":\"wsechod\",\"run\":$run,\"conns\":$DRAIN_CONNS,\"drain_ms\":$ms,\"closes\":$closes}" >>"${OUT%.txt}-drain.txt"
         if [[ $ok == 0 || $closes != "$DRAIN_CONNS" ]]; then
             echo "    drain incomplete (logs in $LOGS/$tag.*)"
             FAILED=$((FAILED + 1))

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -25,7 +26,12 @@ async fn connect(url: &str) -> Result<Ws, String> {
     let tcp = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("connect {authority}: {e}"))?;
-    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+    // Small buffers: tungstenite's default 128 KiB per connection would make holding
+    // thousands of connections slow and large.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
