@@ -22,7 +22,8 @@ usage: bench/run.sh [options]
                       (default 10000; 0 skips it)
   --max-drain-ms N    fail if the median drain takes longer than N ms
   --scenarios "a b"   scenarios to run, of a b c d e (default all)
-  --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all)
+  --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all) and
+                      wsechod-nometrics (wsechod with [metrics] enabled = false)
   --out FILE          where the RESULT lines go (default bench/results/<time>.txt);
                       the table goes to the same name with .md
   --wait-quiet S      before each run, wait up to S seconds for the machine to be idle
@@ -107,7 +108,7 @@ MAX_DRAIN_MS=${MAX_DRAIN_MS:-}
 [[ -z $MAX_IDLE_KIB || $MAX_IDLE_KIB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--max-idle-kib must be a number"
 for s in $SCENARIOS; do [[ $s =~ ^[a-e]$ ]] || die "unknown scenario $s"; done
 for s in $SERVERS; do
-    case $s in tcp-echo | wsechod | tt-echo) ;; *) die "unknown server $s" ;; esac
+    case $s in tcp-echo | wsechod | wsechod-nometrics | tt-echo) ;; *) die "unknown server $s" ;; esac
 done
 command -v taskset >/dev/null || die "taskset (util-linux) is needed"
 command -v timeout >/dev/null || die "timeout (coreutils) is needed"
@@ -180,7 +181,7 @@ start_server() {
     local name=$1 log=$2 pattern
     : >"$log"
     case $name in
-        wsechod)
+        wsechod | wsechod-nometrics)
             # The shipped configuration, with only the addresses changed; nothing from the
             # caller's environment (RUST_LOG, WSECHOD_*) may change it, except what
             # BENCH_WSECHOD_ENV names on purpose (experiments: "VAR=VALUE ...").
@@ -190,6 +191,8 @@ start_server() {
                 [[ $v == WSECHOD_* ]] && unset+=(-u "$v")
             done
             read -r -a extra <<<"${BENCH_WSECHOD_ENV:-}"
+            # wsechod-nometrics: the same with [metrics] enabled = false, to price the metrics.
+            [[ $name == wsechod-nometrics ]] && extra+=(WSECHOD_METRICS__ENABLED=false)
             env "${unset[@]}" WSECHOD_SERVER__LISTEN=127.0.0.1:0 WSECHOD_METRICS__LISTEN=127.0.0.1:0 "${extra[@]}" \
                 taskset -c "$SERVER_CPU" "$ROOT/target/release/wsechod" -c "$ROOT/etc/wsechod.toml" \
                 >/dev/null 2>"$log" &

@@ -289,7 +289,9 @@ where
     };
     match msg {
         Message::Text(text) => {
-            metrics.message_received(Kind::Text, text.len());
+            if settings.count_messages {
+                metrics.message_received(Kind::Text, text.len());
+            }
             log_message(settings, Kind::Text, text.as_bytes());
             if tracker.state() != ConnState::Open {
                 // Read after our close frame: the peer will not get an answer (RFC 6455 5.5.1).
@@ -304,18 +306,24 @@ where
                     Utf8Bytes::from(s)
                 }
             };
-            metrics.message_sent(Kind::Text, reply.len());
+            if settings.count_messages {
+                metrics.message_sent(Kind::Text, reply.len());
+            }
             *batch.pending = true;
             *batch.data = true;
             feed(ws, Message::Text(reply), tracker, metrics, write_timeout).await
         }
         Message::Binary(data) => {
-            metrics.message_received(Kind::Binary, data.len());
+            if settings.count_messages {
+                metrics.message_received(Kind::Binary, data.len());
+            }
             log_message(settings, Kind::Binary, &data);
             if tracker.state() != ConnState::Open {
                 return Step::Continue;
             }
-            metrics.message_sent(Kind::Binary, data.len());
+            if settings.count_messages {
+                metrics.message_sent(Kind::Binary, data.len());
+            }
             *batch.pending = true;
             *batch.data = true;
             feed(ws, Message::Binary(data), tracker, metrics, write_timeout).await

@@ -48,6 +48,9 @@ pub struct Settings {
     pub reply_prefix: Option<String>,
     /// Log message contents at debug level.
     pub log_message_content: bool,
+    /// Count messages and bytes and observe message sizes (off with `[metrics] enabled =
+    /// false`; connection states are tracked either way).
+    pub count_messages: bool,
     /// Reason of the 1000 close frame sent on shutdown.
     pub close_reason: Utf8Bytes,
     /// TLS for `wss://`, when configured.
@@ -98,6 +101,7 @@ impl Settings {
             },
             reply_prefix: Some(w.reply_prefix.clone()).filter(|p| !p.is_empty()),
             log_message_content: w.log_message_content,
+            count_messages: config.metrics.enabled,
             close_reason: Utf8Bytes::from(config.shutdown.close_reason.clone()),
             tls,
         })

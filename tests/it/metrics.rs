@@ -267,3 +267,18 @@ async fn a_real_prometheus_sees_the_open_connections() {
     }
     assert_eq!(prom.query("up{job=\"wsechod\"}").await, Some(1.0));
 }
+
+#[tokio::test]
+async fn metrics_can_be_switched_off() {
+    let d = daemon()
+        .env("WSECHOD_METRICS__ENABLED", "false")
+        .start()
+        .await;
+    assert!(
+        !d.messages[0].contains("http://"),
+        "no metrics listener: {:?}",
+        d.messages
+    );
+    let mut ws = d.connect().await;
+    echo(&mut ws, Message::text("still echoing")).await;
+}
