@@ -8,8 +8,6 @@ use std::fmt;
 pub enum Exit {
     /// Clean exit, also after a drained shutdown.
     Success,
-    /// An unexpected runtime failure.
-    Failure,
     /// A listener could not be bound or a socket passed by systemd was unusable
     /// (`EX_UNAVAILABLE`).
     Unavailable,
@@ -24,7 +22,6 @@ impl Exit {
     pub fn code(self) -> u8 {
         match self {
             Exit::Success => 0,
-            Exit::Failure => 1,
             Exit::Unavailable => 69,
             Exit::OsError => 71,
             Exit::Config => 78,
@@ -60,11 +57,5 @@ impl Fatal {
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
-    }
-}
-
-impl From<crate::config::ConfigError> for Fatal {
-    fn from(e: crate::config::ConfigError) -> Self {
-        Fatal::new(Exit::Config, format!("configuration error: {e}"))
     }
 }

@@ -24,6 +24,7 @@ pub struct Policy {
     pub require_subprotocol: bool,
 }
 
+#[cfg(test)]
 impl Policy {
     /// A policy that only checks the path.
     pub fn for_path(path: &str) -> Self {

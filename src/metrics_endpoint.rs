@@ -40,8 +40,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationT
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                std::future::ready(Ok::<_, Infallible>(route(&req, &shared)))
+            let service = service_fn(move |req: Request<Incoming>| {
+                std::future::ready(Ok::<_, Infallible>(route(
+                    req.method(),
+                    req.uri().path(),
+                    &shared,
+                )))
             });
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -56,11 +60,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationT
 }
 
 /// Answers one request on the metrics listener.
-pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    route_parts(req.method(), req.uri().path(), shared)
-}
-
-fn route_parts(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> {
     let plain = |status, body| text(status, body, None).expect("static response");
     if method != Method::GET && method != Method::HEAD {
         return text(
@@ -96,16 +96,16 @@ mod tests {
     #[test]
     fn routes() {
         let shared = Shared::new(Settings::default(), Arc::new(Metrics::new()));
-        let get = |p| route_parts(&Method::GET, p, &shared).status();
+        let get = |p| route(&Method::GET, p, &shared).status();
         assert_eq!(get("/healthz"), StatusCode::OK);
         assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         shared.ready.store(true, Ordering::Release);
         assert_eq!(get("/readyz"), StatusCode::OK);
         assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
-        let m = route_parts(&Method::GET, "/metrics", &shared);
+        let m = route(&Method::GET, "/metrics", &shared);
         assert_eq!(m.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert_eq!(
-            route_parts(&Method::POST, "/metrics", &shared).status(),
+            route(&Method::POST, "/metrics", &shared).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

@@ -51,8 +51,9 @@ impl<S> ReadAhead<S> {
         }
     }
 
-    /// Bytes waiting in the stash (for tests).
-    pub fn stashed(&self) -> usize {
+    /// Bytes waiting in the stash.
+    #[cfg(test)]
+    fn stashed(&self) -> usize {
         self.stash.len() - self.pos
     }
 }

@@ -8,54 +8,19 @@
 //!
 //! Prints `listening on tcp://ADDR` to stderr once it accepts.
 
-use std::net::SocketAddr;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+#[path = "baseline.rs"]
+mod baseline;
 
 const BUFFER: usize = 64 * 1024;
 
 fn main() {
-    let addr: SocketAddr = match std::env::args().nth(1).map(|a| a.parse()) {
-        Some(Ok(a)) => a,
-        _ => {
-            eprintln!("usage: tcp-echo HOST:PORT   (port 0 picks a free port)");
-            std::process::exit(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async move {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("tcp-echo: cannot listen on {addr}: {e}");
-                std::process::exit(1);
-            }
-        };
-        eprintln!(
-            "listening on tcp://{}",
-            listener.local_addr().expect("local address")
-        );
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(echo(stream));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    eprintln!("tcp-echo: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
+    baseline::serve("tcp-echo", |a| format!("tcp://{a}"), echo);
 }
 
 async fn echo(mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(BUFFER);
     loop {
         buf.clear();

@@ -7,51 +7,17 @@
 //!
 //! Prints `listening on ws://ADDR/` to stderr once it accepts.
 
-use std::net::SocketAddr;
-
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+#[path = "baseline.rs"]
+mod baseline;
 
 fn main() {
-    let addr: SocketAddr = match std::env::args().nth(1).map(|a| a.parse()) {
-        Some(Ok(a)) => a,
-        _ => {
-            eprintln!("usage: tt-echo HOST:PORT   (port 0 picks a free port)");
-            std::process::exit(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async move {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("tt-echo: cannot listen on {addr}: {e}");
-                std::process::exit(1);
-            }
-        };
-        eprintln!(
-            "listening on ws://{}/",
-            listener.local_addr().expect("local address")
-        );
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(echo(stream));
-                }
-                Err(e) => {
-                    eprintln!("tt-echo: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
+    baseline::serve("tt-echo", |a| format!("ws://{a}/"), echo);
 }
 
 async fn echo(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
