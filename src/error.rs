@@ -11,6 +11,8 @@ pub enum Exit {
     /// A listener could not be bound or a socket passed by systemd was unusable
     /// (`EX_UNAVAILABLE`).
     Unavailable,
+    /// A task the daemon cannot run without died (`EX_SOFTWARE`); systemd restarts it.
+    Software,
     /// An operating-system error such as failing to start the runtime (`EX_OSERR`).
     OsError,
     /// The configuration is invalid (`EX_CONFIG`); restarting will not help.
@@ -23,6 +25,7 @@ impl Exit {
         match self {
             Exit::Success => 0,
             Exit::Unavailable => 69,
+            Exit::Software => 70,
             Exit::OsError => 71,
             Exit::Config => 78,
         }

@@ -99,50 +99,6 @@ fn valid_key(key: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
-/// `scheme://host[:port]` in lower case without a default port, or `None` if `origin` is
-/// not of that form. The opaque origin `null` is never normalized (so never allowed).
-pub fn normalize_origin(origin: &str) -> Option<String> {
-    let origin = origin.trim().to_ascii_lowercase();
-    let (scheme, authority) = origin.split_once("://")?;
-    let default_port = match scheme {
-        "http" | "ws" => 80,
-        "https" | "wss" => 443,
-        _ => return None,
-    };
-    if authority.contains(['/', '?', '#', '@', ' ']) {
-        return None;
-    }
-    // Split host and port; an IPv6 host is bracketed.
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(rest) => {
-            let (addr, after) = rest.split_once(']')?;
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':')?),
-            };
-            (format!("[{addr}]"), port)
-        }
-        None => match authority.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        },
-    };
-    if host.is_empty() || host == "[]" {
-        return None;
-    }
-    let port = match port {
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().ok()?)
-        }
-        Some(_) => return None,
-        None => None,
-    };
-    Some(match port {
-        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
-        _ => format!("{scheme}://{host}"),
-    })
-}
-
 /// The first subprotocol the client offers that we speak.
 fn select_protocol(headers: &HeaderMap, ours: &[String]) -> Option<String> {
     headers
@@ -215,8 +171,8 @@ pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
             return reject(StatusCode::FORBIDDEN, "an Origin header is required\n");
         }
         Some(origin) if !policy.allowed_origins.is_empty() => {
-            let allowed =
-                normalize_origin(origin).is_some_and(|o| policy.allowed_origins.contains(&o));
+            let allowed = crate::origin::normalize(origin)
+                .is_some_and(|o| policy.allowed_origins.contains(&o));
             if !allowed {
                 return reject(StatusCode::FORBIDDEN, "origin not allowed\n");
             }
@@ -461,8 +417,8 @@ mod tests {
     fn origin_allow_list_is_exact() {
         let policy = Policy {
             allowed_origins: vec![
-                normalize_origin("https://example.com").unwrap(),
-                normalize_origin("http://localhost:8080").unwrap(),
+                crate::origin::parse("https://example.com").unwrap(),
+                crate::origin::parse("http://localhost:8080").unwrap(),
             ],
             ..Policy::for_path("/ws")
         };
@@ -499,33 +455,6 @@ mod tests {
             status_with(with_origin(Some("https://example.com")), &strict),
             ok
         );
-    }
-
-    #[test]
-    fn origins_normalize() {
-        assert_eq!(
-            normalize_origin("https://a.b:443").as_deref(),
-            Some("https://a.b")
-        );
-        assert_eq!(
-            normalize_origin("http://[::1]:8080").as_deref(),
-            Some("http://[::1]:8080")
-        );
-        assert_eq!(
-            normalize_origin("http://[::1]").as_deref(),
-            Some("http://[::1]")
-        );
-        for bad in [
-            "null",
-            "example.com",
-            "ftp://x",
-            "https://",
-            "https://a:99999",
-            "https://a/b",
-            "http://::1",
-        ] {
-            assert_eq!(normalize_origin(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -99,6 +99,18 @@ pub struct Metrics {
     last_reload_ok: IntGauge,
     /// `wsechod_config_last_reload_success_timestamp_seconds`.
     last_reload_time: Gauge,
+    /// `wsechod_messages_discarded_total`: data messages read after our close frame, which
+    /// RFC 6455 forbids answering.
+    discarded: IntCounter,
+    /// `wsechod_ready`: 1 while serving (`/readyz` 200), 0 before READY and once a drain
+    /// starts. The one source of readiness.
+    ready: IntGauge,
+    /// `wsechod_draining`: 1 while a shutdown drain runs.
+    draining: IntGauge,
+    /// `wsechod_max_connections`: the configured limit, for alerts on the headroom.
+    max_connections: IntGauge,
+    /// `wsechod_drain_timeout_seconds`: the configured drain timeout.
+    drain_timeout: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +133,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 fn by_label<const N: usize>(vec: &IntCounterVec, labels: [&str; N]) -> [IntCounter; N] {
@@ -300,6 +320,35 @@ impl Metrics {
             .register(Box::new(last_reload_time.clone()))
             .expect("unique metric");
 
+        let discarded = counter(
+            &registry,
+            "wsechod_messages_discarded_total",
+            "Data messages read after our close frame and not echoed (RFC 6455 forbids data after a close).",
+        );
+        let ready = gauge(
+            &registry,
+            "wsechod_ready",
+            "1 while the daemon serves (/readyz answers 200); 0 before READY and once a drain starts.",
+        );
+        let draining = gauge(
+            &registry,
+            "wsechod_draining",
+            "1 while a shutdown drain is closing connections, else 0.",
+        );
+        let max_connections = gauge(
+            &registry,
+            "wsechod_max_connections",
+            "The configured [server] max_connections.",
+        );
+        let drain_timeout = Gauge::new(
+            "wsechod_drain_timeout_seconds",
+            "The configured [shutdown] drain_timeout.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(drain_timeout.clone()))
+            .expect("unique metric");
+
         let build_info = IntGaugeVec::new(
             Opts::new("wsechod_build_info", "Build information; always 1."),
             &["version"],
@@ -340,6 +389,11 @@ impl Metrics {
             reloads,
             last_reload_ok,
             last_reload_time,
+            discarded,
+            ready,
+            draining,
+            max_connections,
+            drain_timeout,
         }
     }
 
@@ -432,6 +486,38 @@ impl Metrics {
         if ok {
             self.last_reload_time.set(unix_now());
         }
+    }
+
+    /// A data message arrived after our close frame and was not answered.
+    pub fn message_discarded(&self) {
+        self.discarded.inc();
+    }
+
+    /// Data messages discarded so far.
+    pub fn messages_discarded(&self) -> u64 {
+        self.discarded.get()
+    }
+
+    /// Marks the daemon ready (serving) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Whether the daemon is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+
+    /// Marks a drain as running or not.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.set(i64::from(draining));
+    }
+
+    /// Publishes the configured limits the alert rules compare against.
+    pub fn set_limits(&self, max_connections: usize, drain_timeout: std::time::Duration) {
+        self.max_connections
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        self.drain_timeout.set(drain_timeout.as_secs_f64());
     }
 
     /// Connections now in live state `s`.

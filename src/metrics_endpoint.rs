@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -18,14 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::http::text;
-use crate::metrics::CONTENT_TYPE;
-use crate::server::Shared;
+use crate::metrics::{CONTENT_TYPE, Metrics};
 
 /// Time a scraper has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the metrics listener until `stop` is cancelled.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn run(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -38,13 +36,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationT
                 }
             },
         };
-        let shared = shared.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 std::future::ready(Ok::<_, Infallible>(route(
                     req.method(),
                     req.uri().path(),
-                    &shared,
+                    &metrics,
                 )))
             });
             let result = http1::Builder::new()
@@ -60,7 +58,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: CancellationT
 }
 
 /// Answers one request on the metrics listener.
-fn route(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(method: &Method, path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
     let plain = |status, body| text(status, body, None).expect("static response");
     if method != Method::GET && method != Method::HEAD {
         return text(
@@ -72,13 +70,13 @@ fn route(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> 
     }
     match path {
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             resp
         }
         "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.ready.load(Ordering::Acquire) => plain(StatusCode::OK, "ready\n"),
+        "/readyz" if metrics.is_ready() => plain(StatusCode::OK, "ready\n"),
         "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => plain(
             StatusCode::NOT_FOUND,
@@ -90,22 +88,22 @@ fn route(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::settings::Settings;
 
     #[test]
     fn routes() {
-        let shared = Shared::new(Settings::default(), Arc::new(Metrics::new()));
-        let get = |p| route(&Method::GET, p, &shared).status();
+        let metrics = Metrics::new();
+        let get = |p| route(&Method::GET, p, &metrics).status();
         assert_eq!(get("/healthz"), StatusCode::OK);
         assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
-        shared.ready.store(true, Ordering::Release);
+        metrics.set_ready(true);
         assert_eq!(get("/readyz"), StatusCode::OK);
+        metrics.set_ready(false);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
-        let m = route(&Method::GET, "/metrics", &shared);
+        let m = route(&Method::GET, "/metrics", &metrics);
         assert_eq!(m.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert_eq!(
-            route(&Method::POST, "/metrics", &shared).status(),
+            route(&Method::POST, "/metrics", &metrics).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

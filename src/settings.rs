@@ -1,5 +1,9 @@
 //! The configuration turned into what connections use, computed once per (re)load so that
 //! accepting a connection only clones an `Arc`.
+//!
+//! Invariant: a [`Settings`] is only ever built from a validated [`Config`]
+//! ([`Settings::new`]); its fields are private to the crate, so nothing (a test, the fuzz
+//! targets) can serve with settings no configuration could produce.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsConfig;
 
 use crate::config::{Config, ConfigError};
-use crate::http::{self, Policy};
+use crate::http::Policy;
 
 /// Keepalive and timeouts of an open connection (`None`: off).
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,33 +32,31 @@ pub struct Timers {
 /// Everything a new connection needs, derived from one [`Config`].
 #[derive(Clone)]
 pub struct Settings {
-    /// The configuration these settings come from.
-    pub config: Config,
     /// Path, origin and subprotocol rules of the handshake.
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// Deadline for the TLS handshake plus the complete upgrade request.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Request line plus headers, at most.
-    pub max_header_size: usize,
+    pub(crate) max_header_size: usize,
     /// Connections served at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Connections from one address at once; 0 means no limit.
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// tungstenite's limits and buffer sizes.
-    pub ws: WsConfig,
+    pub(crate) ws: WsConfig,
     /// Keepalive and timeouts.
-    pub timers: Timers,
+    pub(crate) timers: Timers,
     /// Put before echoed text messages; `None` for an exact echo.
-    pub reply_prefix: Option<String>,
+    pub(crate) reply_prefix: Option<String>,
     /// Log message contents at debug level.
-    pub log_message_content: bool,
+    pub(crate) log_message_content: bool,
     /// Count messages and bytes and observe message sizes (off with `[metrics] enabled =
     /// false`; connection states are tracked either way).
-    pub count_messages: bool,
-    /// Reason of the 1000 close frame sent on shutdown.
-    pub close_reason: Utf8Bytes,
+    pub(crate) count_messages: bool,
+    /// Reason of the close frame sent on shutdown.
+    pub(crate) close_reason: Utf8Bytes,
     /// TLS for `wss://`, when configured.
-    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Settings {
@@ -67,21 +69,19 @@ impl Settings {
             .write_buffer_size(w.write_buffer_size.as_usize())
             .max_write_buffer_size(w.max_write_buffer_size.as_usize())
             .max_message_size(Some(w.max_message_size.as_usize()))
-            .max_frame_size(Some(w.max_frame_size.as_usize()));
-        let nonzero = |d: Duration| Some(d).filter(|d| !d.is_zero());
+            .max_frame_size(Some(w.frame_limit().as_usize()));
         let tls = if config.tls.enabled() {
             Some(crate::tls::load(&config.tls)?)
         } else {
             None
         };
         Ok(Settings {
-            config: config.clone(),
             policy: Policy {
                 path: s.path.clone(),
                 allowed_origins: s
                     .allowed_origins
                     .iter()
-                    .filter_map(|o| http::normalize_origin(o))
+                    .filter_map(|o| crate::origin::normalize(o))
                     .collect(),
                 require_origin: s.require_origin,
                 subprotocols: s.subprotocols.clone(),
@@ -93,10 +93,10 @@ impl Settings {
             max_connections_per_ip: usize::try_from(s.max_connections_per_ip).unwrap_or(usize::MAX),
             ws,
             timers: Timers {
-                ping_interval: nonzero(w.ping_interval.0),
+                ping_interval: w.ping_interval.nonzero(),
                 pong_timeout: w.pong_timeout.0,
-                idle_timeout: nonzero(w.idle_timeout.0),
-                max_lifetime: nonzero(w.max_lifetime.0),
+                idle_timeout: w.idle_timeout.nonzero(),
+                max_lifetime: w.max_lifetime.nonzero(),
                 write_timeout: w.write_timeout.0,
             },
             reply_prefix: Some(w.reply_prefix.clone()).filter(|p| !p.is_empty()),
@@ -105,6 +105,31 @@ impl Settings {
             close_reason: Utf8Bytes::from(config.shutdown.close_reason.clone()),
             tls,
         })
+    }
+
+    /// The handshake rules.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// tungstenite's limits and buffer sizes.
+    pub fn ws(&self) -> &WsConfig {
+        &self.ws
+    }
+
+    /// The deadline for TLS plus the upgrade request.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// The reply prefix of text echoes, if any.
+    pub fn reply_prefix(&self) -> Option<&str> {
+        self.reply_prefix.as_deref()
+    }
+
+    /// The keepalive and timeouts.
+    pub fn timers(&self) -> Timers {
+        self.timers
     }
 }
 

@@ -1,6 +1,8 @@
-//! Unix signals, turned into the small set of things they mean to the daemon.
+//! Unix signals, turned at one place into the small set of things they mean to the daemon.
 
-use futures_util::StreamExt;
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// What a signal asks the daemon to do.
@@ -14,23 +16,29 @@ pub enum Signal {
 
 /// The daemon's signal stream. Create it before reporting ready, so that no signal sent
 /// after READY=1 can take the default action (death).
-pub struct Signals(signal_hook_tokio::Signals);
+pub struct Signals(Pin<Box<dyn Stream<Item = Signal> + Send>>);
 
 impl Signals {
     /// Registers the handlers.
     pub fn new() -> std::io::Result<Self> {
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map(Signals)
+        let raw = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        Ok(Signals(Box::pin(raw.filter_map(|s| async move {
+            match s {
+                SIGTERM => Some(Signal::Terminate("SIGTERM")),
+                SIGINT => Some(Signal::Terminate("SIGINT")),
+                SIGHUP => Some(Signal::Reload),
+                _ => None,
+            }
+        }))))
+    }
+
+    /// Signals from any stream, for tests.
+    pub fn from_stream(s: impl Stream<Item = Signal> + Send + 'static) -> Self {
+        Signals(Box::pin(s))
     }
 
     /// The next signal.
     pub async fn recv(&mut self) -> Option<Signal> {
-        loop {
-            match self.0.next().await? {
-                SIGTERM => return Some(Signal::Terminate("SIGTERM")),
-                SIGINT => return Some(Signal::Terminate("SIGINT")),
-                SIGHUP => return Some(Signal::Reload),
-                _ => continue,
-            }
-        }
+        self.0.next().await
     }
 }

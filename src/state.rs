@@ -1,16 +1,6 @@
-//! The six connection states of the original ASP.NET `WebSocketState`, and the tracker that
-//! moves one connection through them while keeping the shared gauges right.
-//!
-//! Invariant: every accepted TCP connection has exactly one [`ConnTracker`]; while it lives,
-//! the connection is counted in exactly one live-state gauge; when it ends (explicitly or by
-//! being dropped) it is counted exactly once as Closed or Aborted. So
-//! `accepted = closed + aborted + sum(live gauges)` always holds.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
-
-use crate::metrics::Metrics;
+//! The six connection states of the original ASP.NET `WebSocketState`, and why a connection
+//! ended Aborted. Plain values with their metric labels; `tracker.rs` moves a connection
+//! through them.
 
 /// Where a connection is in its life, as `System.Net.WebSockets.WebSocketState` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +46,7 @@ impl ConnState {
         matches!(self, ConnState::Closed | ConnState::Aborted)
     }
 
-    fn from_u8(v: u8) -> ConnState {
+    pub(crate) fn from_u8(v: u8) -> ConnState {
         match v {
             0 => ConnState::Connecting,
             1 => ConnState::Open,
@@ -90,11 +80,14 @@ pub enum AbortReason {
     MaxLifetime = 7,
     /// The peer did not take our data for `write_timeout` (closed with 1008).
     WriteTimeout = 8,
+    /// The TCP connection closed before a request arrived: port probes and TCP health
+    /// checks.
+    NoRequest = 9,
 }
 
 impl AbortReason {
     /// All reasons, in label order.
-    pub const ALL: [AbortReason; 9] = [
+    pub const ALL: [AbortReason; 10] = [
         AbortReason::HandshakeRejected,
         AbortReason::HandshakeFailed,
         AbortReason::ProtocolError,
@@ -104,6 +97,7 @@ impl AbortReason {
         AbortReason::IdleTimeout,
         AbortReason::MaxLifetime,
         AbortReason::WriteTimeout,
+        AbortReason::NoRequest,
     ];
 
     /// The `reason` label value.
@@ -118,158 +112,7 @@ impl AbortReason {
             AbortReason::IdleTimeout => "idle_timeout",
             AbortReason::MaxLifetime => "max_lifetime",
             AbortReason::WriteTimeout => "write_timeout",
+            AbortReason::NoRequest => "no_request",
         }
-    }
-}
-
-/// Tracks one connection's state and mirrors every change into the shared metrics.
-///
-/// Methods take `&self` (the state is atomic) so that the connection's future and the code
-/// that aborts it from outside can both hold it.
-pub struct ConnTracker {
-    /// Shared metrics the state is mirrored into.
-    metrics: Arc<Metrics>,
-    /// The current [`ConnState`] as `u8`.
-    state: AtomicU8,
-    /// When the TCP connection was accepted, for the duration histogram.
-    started: Instant,
-}
-
-impl ConnTracker {
-    /// A connection just accepted: counted as accepted and Connecting.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.connection_accepted();
-        ConnTracker {
-            metrics,
-            state: AtomicU8::new(ConnState::Connecting as u8),
-            started: Instant::now(),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> ConnState {
-        ConnState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    /// Moves to a live state. Ignored once the connection has ended.
-    pub fn set(&self, new: ConnState) {
-        debug_assert!(!new.is_terminal());
-        self.transition(new, None);
-    }
-
-    /// Ends the connection as Closed (complete close handshake).
-    pub fn closed(&self) {
-        self.transition(ConnState::Closed, None);
-    }
-
-    /// Ends the connection as Aborted for `reason`.
-    pub fn aborted(&self, reason: AbortReason) {
-        self.transition(ConnState::Aborted, Some(reason));
-    }
-
-    fn transition(&self, new: ConnState, reason: Option<AbortReason>) {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
-            let old = ConnState::from_u8(current);
-            if old.is_terminal() || old == new {
-                return;
-            }
-            match self.state.compare_exchange(
-                current,
-                new as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.metrics.state_changed(old, new, reason, self.started);
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-}
-
-impl Drop for ConnTracker {
-    /// A connection dropped while live ended without a close handshake.
-    fn drop(&mut self) {
-        self.aborted(AbortReason::Reset);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn live(m: &Metrics) -> Vec<i64> {
-        ConnState::LIVE.iter().map(|s| m.live(*s)).collect()
-    }
-
-    #[test]
-    fn a_clean_life_ends_closed() {
-        let m = Arc::new(Metrics::new());
-        let t = ConnTracker::new(m.clone());
-        assert_eq!(live(&m), [1, 0, 0, 0]);
-        t.set(ConnState::Open);
-        assert_eq!(live(&m), [0, 1, 0, 0]);
-        t.set(ConnState::CloseReceived);
-        assert_eq!(live(&m), [0, 0, 0, 1]);
-        t.closed();
-        assert_eq!(live(&m), [0, 0, 0, 0]);
-        assert_eq!(m.ended(ConnState::Closed), 1);
-        assert_eq!(m.ended(ConnState::Aborted), 0);
-        // Ended is final: nothing counts twice.
-        t.aborted(AbortReason::Reset);
-        t.set(ConnState::Open);
-        drop(t);
-        assert_eq!(live(&m), [0, 0, 0, 0]);
-        assert_eq!(m.ended(ConnState::Aborted), 0);
-        assert_eq!(m.accepted(), 1);
-    }
-
-    #[test]
-    fn drop_while_live_counts_as_reset() {
-        let m = Arc::new(Metrics::new());
-        let t = ConnTracker::new(m.clone());
-        t.set(ConnState::Open);
-        t.set(ConnState::CloseSent);
-        drop(t);
-        assert_eq!(live(&m), [0, 0, 0, 0]);
-        assert_eq!(m.ended(ConnState::Aborted), 1);
-        assert_eq!(m.aborted_for(AbortReason::Reset), 1);
-    }
-
-    #[test]
-    fn explicit_abort_reason_is_kept() {
-        let m = Arc::new(Metrics::new());
-        let t = ConnTracker::new(m.clone());
-        t.aborted(AbortReason::HandshakeRejected);
-        drop(t);
-        assert_eq!(m.aborted_for(AbortReason::HandshakeRejected), 1);
-        assert_eq!(m.aborted_for(AbortReason::Reset), 0);
-    }
-
-    #[test]
-    fn concurrent_connections_add_up() {
-        let m = Arc::new(Metrics::new());
-        std::thread::scope(|s| {
-            for i in 0..8 {
-                let m = m.clone();
-                s.spawn(move || {
-                    for _ in 0..1000 {
-                        let t = ConnTracker::new(m.clone());
-                        t.set(ConnState::Open);
-                        if i % 2 == 0 {
-                            t.set(ConnState::CloseSent);
-                            t.closed();
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(live(&m), [0, 0, 0, 0]);
-        assert_eq!(m.ended(ConnState::Closed), 4000);
-        assert_eq!(m.ended(ConnState::Aborted), 4000);
-        assert_eq!(m.accepted(), 8000);
     }
 }

@@ -7,13 +7,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::config::{ConfigError, TlsConfig};
+use crate::config::{ConfigError, ErrorKind, TlsConfig};
 
 fn error(key: &str, path: &str, message: String) -> ConfigError {
     ConfigError {
         origin: format!("TLS file {path}"),
         key: Some(key.to_string()),
-        message,
+        kind: ErrorKind::File(message),
     }
 }
 

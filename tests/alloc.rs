@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use wsechod::metrics::Metrics;
 use wsechod::settings::Settings;
-use wsechod::state::ConnTracker;
+use wsechod::tracker::ConnTracker;
 
 struct Counting;
 
@@ -77,11 +77,14 @@ fn run(messages: impl Fn(usize) -> Message + Send + 'static) -> usize {
             let settings = Settings::default();
             let metrics = Arc::new(Metrics::new());
             let drain = tokio_util::sync::CancellationToken::new();
-            let ws =
-                WebSocketStream::from_raw_socket(server_io, Role::Server, Some(settings.ws)).await;
             let tracker = ConnTracker::new(metrics.clone());
             ServerSide(Box::pin(wsechod::connection::serve(
-                ws, &tracker, &metrics, &settings, &drain,
+                server_io,
+                Vec::new(),
+                &tracker,
+                &metrics,
+                &settings,
+                &drain,
             )))
             .await;
         });

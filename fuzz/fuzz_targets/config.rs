@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
                     "an error that says nothing: {e:?}"
                 );
                 assert!(
-                    !e.message.trim().is_empty(),
+                    !e.kind.to_string().trim().is_empty(),
                     "an error without a message: {e:?}"
                 );
                 return;

@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use wsechod::config::{ByteSize, Config, Dur};
 use wsechod::http::Limit;
 use wsechod::metrics::Metrics;
 use wsechod::settings::Settings;
@@ -40,26 +41,28 @@ struct Fixture {
 
 /// The smallest limits the configuration accepts (see `Config::validate`), so that every
 /// size limit is within reach of a small input, plus every optional behaviour switched on.
+/// Built through a `Config`, like every `Settings`.
 fn tight() -> Settings {
-    let mut s = Settings::default();
-    s.ws =
-        s.ws.max_message_size(Some(250))
-            .max_frame_size(Some(125))
-            .read_buffer_size(256)
-            .write_buffer_size(0)
-            .max_write_buffer_size(4096);
-    s.max_header_size = 8 * 1024;
-    s.handshake_timeout = Duration::from_millis(100);
-    s.timers.ping_interval = Some(Duration::from_secs(1));
-    s.timers.pong_timeout = Duration::from_millis(100);
-    s.timers.idle_timeout = Some(Duration::from_secs(1));
-    s.timers.max_lifetime = Some(Duration::from_secs(5));
-    s.timers.write_timeout = Duration::from_millis(100);
-    s.reply_prefix = Some("écho: ".into());
-    s.close_reason = "server shutting down".into();
-    s.policy.allowed_origins = vec!["https://example.com".into()];
-    s.policy.subprotocols = vec!["chat.v2".into(), "echo".into()];
-    s
+    let mut c = Config::default();
+    let w = &mut c.websocket;
+    w.max_message_size = ByteSize(250);
+    w.max_frame_size = Some(ByteSize(125));
+    w.read_buffer_size = ByteSize(256);
+    w.write_buffer_size = ByteSize(0);
+    w.max_write_buffer_size = ByteSize(4096);
+    w.ping_interval = Dur::secs(1);
+    w.pong_timeout = Dur::millis(100);
+    w.idle_timeout = Dur::secs(1);
+    w.max_lifetime = Dur::secs(5);
+    w.write_timeout = Dur::millis(100);
+    w.reply_prefix = "écho: ".into();
+    let s = &mut c.server;
+    s.max_header_size = ByteSize(8 * 1024);
+    s.handshake_timeout = Dur::millis(100);
+    s.allowed_origins = vec!["https://example.com".into()];
+    s.subprotocols = vec!["chat.v2".into(), "echo".into()];
+    c.validate().expect("the tight configuration is valid");
+    Settings::new(&c).expect("no TLS files to read")
 }
 
 fn fixture() -> &'static Fixture {
@@ -87,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
         &f.plain
     };
     let mode = flags & 0x03;
-    let path = &settings.policy.path;
+    let path = &settings.policy().path;
     let (body, sent) = if mode >= 2 {
         let (wire, frames) = client_frames(rest);
         (wire, Some(frames))
@@ -147,7 +150,7 @@ fuzz_target!(|data: &[u8]| {
         let out = String::from_utf8_lossy(&outcome.output);
         if want == 101 {
             assert!(out.contains(ACCEPT), "wrong Sec-WebSocket-Accept: {out:?}");
-            if mode == 3 && !settings.policy.subprotocols.is_empty() {
+            if mode == 3 && !settings.policy().subprotocols.is_empty() {
                 assert!(
                     out.to_ascii_lowercase()
                         .contains("sec-websocket-protocol: echo\r\n"),
@@ -157,7 +160,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The echo: what came back is what was sent, in order, with the reply prefix on text.
-    let prefix = settings.reply_prefix.as_deref().unwrap_or("");
+    let prefix = settings.reply_prefix().unwrap_or("");
     let echoed: Vec<_> = answer
         .frames
         .iter()

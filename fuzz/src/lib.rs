@@ -15,7 +15,8 @@ use wsechod::http::Limit;
 use wsechod::metrics::Metrics;
 use wsechod::server::{Shared, serve_io};
 use wsechod::settings::Settings;
-use wsechod::state::{ConnState, ConnTracker};
+use wsechod::state::ConnState;
+use wsechod::tracker::ConnTracker;
 
 /// The `Sec-WebSocket-Key` of RFC 6455 section 1.3 ...
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -176,7 +177,7 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
         let end_state = Cell::new(None);
 
         let server = async {
-            let deadline = tokio::time::Instant::now() + ex.settings.handshake_timeout;
+            let deadline = tokio::time::Instant::now() + ex.settings.handshake_timeout();
             serve_io(server_io, deadline, &tracker, ex.settings, &shared, ex.limit).await;
             // Checked right away, before anything else runs and before the tracker's Drop
             // could paper over a connection that ended without recording it.
@@ -394,9 +395,9 @@ pub struct Echoes {
 
 /// The [`Echoes`] of `frames` under the size limits and reply prefix of `settings`.
 pub fn expected_echoes(frames: &[ClientFrame], settings: &Settings) -> Echoes {
-    let prefix = settings.reply_prefix.as_deref().unwrap_or("");
-    let max_frame = settings.ws.max_frame_size.unwrap_or(usize::MAX);
-    let max_message = settings.ws.max_message_size.unwrap_or(usize::MAX);
+    let prefix = settings.reply_prefix().unwrap_or("");
+    let max_frame = settings.ws().max_frame_size.unwrap_or(usize::MAX);
+    let max_message = settings.ws().max_message_size.unwrap_or(usize::MAX);
     let mut messages = Vec::new();
     let mut partial: Option<(u8, Vec<u8>)> = None;
     let mut clean = true;
