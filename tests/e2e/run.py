@@ -299,7 +299,7 @@ def main():
             return 0
         debdir = build(s.workdir)
         rootfs = s.rootfs_job.wait()
-        s.stage(f"rootfs ({rootfs})", t)
+        s.stage("rootfs", t, rootfs)
         return s.run_cases(rootfs, debdir, regex)
 
 

@@ -14,7 +14,8 @@ Invariants (what the rest of the harness builds on):
   ones are ignored, so cleanup is never cut short by a second Ctrl-C. While a
   child is being started or a group ended, the exception waits until that is
   done; inside `shielded()` (teardown) it is only recorded. `received()` tells
-  the runner that a signal arrived.
+  the runner that a signal arrived. A signal ignored when the runner started
+  stays ignored (run-all's background --prepare survives a Ctrl-C to it).
 * Every wait is bounded: `wait_gone`, `Bg.wait`, `poll` all take a timeout.
 """
 
@@ -151,8 +152,11 @@ def _on_signal(signum, _frame):
 
 
 def install_signal_handlers():
+    """INT/TERM/HUP raise Interrupted, except those ignored when we started (as
+    for a background job of a non-interactive shell): they stay ignored."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
+        if signal.getsignal(s) != signal.SIG_IGN:
+            signal.signal(s, _on_signal)
 
 
 def received():

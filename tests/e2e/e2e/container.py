@@ -259,7 +259,7 @@ class Container:
 
     # --- waits ---------------------------------------------------------------------
 
-    def _wait(self, desc, get, ok, timeout, interval=None):
+    def _wait(self, desc, get, ok, timeout, interval=None, show_value=False):
         """Call get() until ok(value); bounded. A CmdError counts as "not yet".
         On timeout the case fails, showing the last value or error."""
         t0 = time.monotonic()
@@ -274,7 +274,7 @@ class Container:
                 last = e
                 return False
         if poll(timeout, check, interval):
-            log(f"ok: {desc} ({since(t0)} s)")
+            log(f"ok: {desc}{f' = {last}' if show_value else ''} ({since(t0)} s)")
             return last
         fail(f"timeout after {timeout:g}s: {desc}; last: {last!r}"
              if not isinstance(last, CmdError) else
@@ -361,8 +361,8 @@ class Container:
 
     def metric_wait(self, series, want, timeout, port=None):
         """Poll /metrics until the value of series matches want (see match())."""
-        return self._wait(f"metric {series} {want}", lambda: self.metric(series, port),
-                          lambda v: match(v, want), timeout)
+        return self._wait(f"metric {series}", lambda: self.metric(series, port),
+                          lambda v: match(v, want), timeout, show_value=True)
 
     def prometheus_start(self, metrics_port):
         """Prometheus (host binary) on 127.0.0.1:SETTINGS.prom_port in the container
@@ -418,16 +418,14 @@ class Container:
             v = self.prom_query(expr)
             return v[0] if v else None
         try:
-            v = self._wait(f"prometheus {expr} {want}", first, lambda v: match(v, want),
-                           timeout, 0.25)
+            return self._wait(f"prometheus {expr}", first, lambda v: match(v, want),
+                              timeout, 0.25, show_value=True)
         except base.CaseFailed:
             try:
                 log("prometheus targets:\n" + self.prom_targets())
             except CmdError as e:
                 log(f"prometheus targets: {e}")
             raise
-        log(f"ok: prometheus {expr} = {v}")
-        return v
 
 
 def _quiet(fn, *args, **kw):

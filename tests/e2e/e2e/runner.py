@@ -53,7 +53,7 @@ def _where(tb):
     without the standard library's and the signal handler's."""
     stdlib = sysconfig.get_paths()["stdlib"]
     frames = [f for f in traceback.extract_tb(tb)[1:]
-              if not f.filename.startswith(stdlib) and f.name != "_on_signal"]
+              if not f.filename.startswith(stdlib) and f.name not in ("_on_signal", "fail")]
     return " > ".join(f"{f.name}({os.path.basename(f.filename)}:{f.lineno})" for f in frames)
 
 
@@ -96,8 +96,8 @@ class Session:
             sys.exit(1)
         return False
 
-    def stage(self, name, t0):
-        log(f"stage: {name} {since(t0)} s")
+    def stage(self, name, t0, note=""):
+        log(f"stage: {name} {since(t0)} s{f' ({note})' if note else ''}")
 
     def run_cases(self, rootfs, debdir, regex=""):
         """Run the registered cases matching regex (re.search); the summary line
