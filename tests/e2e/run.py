@@ -9,7 +9,8 @@ Usage: tests/e2e/run.py [CASE_REGEX]   run the cases (all, or those matching)
        tests/e2e/run.py --prepare      only host tools + rootfs cache (e.g. in
                                        the background while cargo builds)
   E2E_DEBDIR=DIR   directory with the .debs to test (bound at /srv/debs)
-  E2E_KEEP=1       keep the work dir (logs, console logs) after success
+  E2E_KEEP=1       keep the work dir after success (per case: commands.log,
+                   every command with its output; console.log; job logs)
   E2E_CACHE        rootfs cache (default ${XDG_CACHE_HOME:-~/.cache}/wsechod)
 
 The last line of output is "e2e: N passed, N failed"; rc != 0 on failure.

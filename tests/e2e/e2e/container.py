@@ -4,7 +4,8 @@ A Container boots `systemd-nspawn --boot --volatile=overlay --private-network`
 from the cached rootfs (read-only in effect: the overlay is a tmpfs), with the
 .debs under test bound read-only at /srv/debs. Commands run inside through
 `nsenter -t LEADER -a` (c), host binaries in its network namespace through
-`nsenter -t LEADER -n` (n, bg).
+`nsenter -t LEADER -n` (n, bg). Each command, its exit status and its output
+go to CASE_DIR/commands.log; a failing one also shows its last lines.
 
 Invariants:
 
