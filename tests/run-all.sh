@@ -2,7 +2,7 @@
 # tests/run-all.sh: every test of wsechod, in one command (README.md "Test").
 #
 # Stages, each run even if an earlier one failed, with a summary at the end:
-#   lint       cargo fmt --check, cargo clippy -D warnings, shellcheck of our scripts
+#   lint       cargo fmt --check, cargo clippy -D warnings, shellcheck and pyflakes of our scripts
 #   test       cargo test --locked (unit + integration; promtool and prometheus from Debian)
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
@@ -25,7 +25,8 @@ log() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the stages need; installed once, without starting any service.
 deps() {
-  local pkgs=(prometheus lintian debootstrap systemd-container zstd curl pandoc man-db groff-base shellcheck)
+  local pkgs=(prometheus lintian debootstrap systemd-container zstd curl pandoc man-db groff-base shellcheck
+    python3-pyflakes)
   local missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -49,8 +50,9 @@ stage_lint() {
     (cd fuzz && cargo fmt --all -- --check) &&
     (cd bench && cargo fmt --all -- --check) &&
     cargo clippy --locked --all-targets -- -D warnings &&
-    shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/e2e/*.sh man/render.sh \
-      packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run
+    shellcheck -x tests/run-all.sh tests/autobahn/*.sh man/render.sh \
+      packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
+    /usr/bin/python3 -m pyflakes tests/e2e
 }
 
 stage_test() { cargo test --locked; }
@@ -73,14 +75,14 @@ stage_deb() {
     echo "lintian: no errors, no warnings"
 }
 
-stage_e2e() { E2E_DEBDIR=$debdir tests/e2e/run.sh; }
+stage_e2e() { E2E_DEBDIR=$debdir tests/e2e/run.py; }
 
 started=$(date +%s)
 log "dependencies"
 deps || { echo "run-all: installing Debian packages failed"; exit 1; }
 # The e2e root file system downloads while cargo compiles.
 if [[ " ${stages[*]} " == *" e2e "* ]]; then
-  tests/e2e/run.sh --prepare >/tmp/wsechod-e2e-prepare.log 2>&1 &
+  tests/e2e/run.py --prepare >/tmp/wsechod-e2e-prepare.log 2>&1 &
 fi
 
 for s in "${stages[@]}"; do
