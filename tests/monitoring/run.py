@@ -375,7 +375,7 @@ def substitute(expr, values):
 
 
 class Prometheus:
-    def __init__(self, tmp, target):
+    def __init__(self, tmp, target, procs):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config = {
@@ -394,6 +394,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             tmp / "prometheus.log",
         )
+        procs.append(self.proc)
         self.started = time.time()
 
     def api(self, path, params=None, timeout=10):
@@ -447,7 +448,7 @@ def rfc3339(ts):
 
 
 class Daemon:
-    def __init__(self, tmp):
+    def __init__(self, tmp, procs):
         self.config = tmp / "wsechod.toml"
         shutil.copyfile(CONFIG, self.config)  # a copy: the failed reload edits it
         self.notify_path = tmp / "notify.sock"
@@ -464,6 +465,7 @@ class Daemon:
             "NOTIFY_SOCKET": str(self.notify_path),
         })
         self.proc = Proc("wsechod", [WSECHOD, "-c", self.config], tmp / "wsechod.log", env=env)
+        procs.append(self.proc)  # stopped by the caller's cleanup, even if READY never comes
         self.wait_notify("READY=1", 15)
         status = next(l[7:] for m in reversed(self.messages) for l in m.splitlines() if l.startswith("STATUS="))
         ws = re.search(r"ws://([^/\s]+)(/\S*?)[,\s]", status + " ")
@@ -775,13 +777,10 @@ def live(alerts):
             raise RuntimeError(f"{binary} missing: cargo build --release --bin wsechod --example wsclient")
     tmp = Path(tempfile.mkdtemp(prefix="wsechod-monitoring."))
     procs = []
-    d = None
     try:
-        d = Daemon(tmp)
-        procs.append(d.proc)
+        d = Daemon(tmp, procs)
         log(f"wsechod: {d.url}, metrics http://{d.metrics_addr}/metrics")
-        prom = Prometheus(tmp, d.metrics_addr)
-        procs.append(prom.proc)
+        prom = Prometheus(tmp, d.metrics_addr, procs)
         wait_until("Prometheus /-/ready", 30, prom.ready)
         # 2.42 applies new targets on a 5 s tick: the first scrape comes 5-6 s after start.
         wait_until("the first scrape (up == 1)", 30, lambda: prom.value(f'up{{job="{JOB}"}}') == 1, 0.2)
@@ -846,13 +845,13 @@ def live(alerts):
     finally:
         for p in procs:
             p.stop()
-        if d is not None:
-            d.notify.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # also the notify socket's file
 
 
 def main():
     os.chdir(ROOT)
+    # A SIGTERM (a CI timeout) unwinds like an exception, so the cleanup in live() runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     alerts = check_rules_static()
     check_dashboard_static()
     static_failures = len(failures)
