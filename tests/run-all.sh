@@ -4,6 +4,8 @@
 # Stages, each run even if an earlier one failed, with a summary at the end:
 #   lint       cargo fmt --check, cargo clippy -D warnings, shellcheck and pyflakes of our scripts
 #   test       cargo test --locked (unit + integration; promtool and prometheus from Debian)
+#   monitoring the shipped Grafana dashboard and alert rules: promtool check/test, then every
+#              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
@@ -17,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-stages=(lint test man autobahn fuzz deb e2e)
+stages=(lint test monitoring man autobahn fuzz deb e2e)
 if (($# > 0)); then stages=("$@"); fi
 passed=0 failed=0 failures=()
 
@@ -56,6 +58,14 @@ stage_lint() {
 }
 
 stage_test() { cargo test --locked; }
+
+# Two builds, as elsewhere: the example's dev-dependency features must not leak into the
+# daemon binary that is tested (and shipped).
+stage_monitoring() {
+  cargo build --locked --release &&
+    cargo build --locked --release --example wsclient &&
+    /usr/bin/python3 tests/monitoring/run.py
+}
 
 stage_man() { man/render.sh --check; }
 
