@@ -88,14 +88,17 @@ export function start(name, cmd, args, options = {}) {
 }
 
 /**
- * Starts target/release/wsechod (or $WSECHOD_BIN) with etc/wsechod.toml on loopback port 0.
+ * Starts target/release/wsechod (or $BROWSER_DAEMON_BIN) with etc/wsechod.toml on loopback
+ * port 0, plus `env`. WSECHOD_* variables of the caller's environment are not passed on: the
+ * daemon reads every one of them as configuration.
  * Resolves with { url, port, process } once it logs "listening on ws://127.0.0.1:PORT/ws".
  */
 export async function startDaemon(env = {}) {
-  const bin = process.env.WSECHOD_BIN || path.join(root, 'target/release/wsechod');
+  const bin = process.env.BROWSER_DAEMON_BIN || path.join(root, 'target/release/wsechod');
   if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: run cargo build --release --locked`);
+  const inherited = Object.entries(process.env).filter(([k]) => !k.startsWith('WSECHOD_'));
   const e = {
-    ...process.env,
+    ...Object.fromEntries(inherited),
     WSECHOD_SERVER__LISTEN: '127.0.0.1:0',
     WSECHOD_METRICS__LISTEN: '127.0.0.1:0',
     ...env,

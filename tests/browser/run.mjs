@@ -7,8 +7,9 @@
 //   tests: [{ name, run(t), timeout? }]   t = { page, context, fixture }
 //   before(): optional, run once before its tests; what it returns is t.fixture
 // Each test gets a fresh browser context. Processes and servers started through lib.mjs are
-// ended after each file. Every wait is bounded: TEST_TIMEOUT_MS per test (default 30 s), 10 s
-// per page action, BROWSER_RUN_TIMEOUT_MS for the whole run (default 5 min).
+// ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per test (default
+// 30 s), 10 s per page action, BROWSER_RUN_TIMEOUT_MS for the whole run (default 5 min).
+// BROWSER_DAEMON_BIN replaces target/release/wsechod; BROWSER_SCREENSHOTS=1 writes docs/*.png.
 // The last line is "browser: N passed, N failed"; the exit status is 1 if any test failed.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -21,7 +22,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
 const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const TEST_TIMEOUT = Number(process.env.TEST_TIMEOUT_MS || 30000);
+const TEST_TIMEOUT = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 30000);
 const ACTION_TIMEOUT = 10000;
 const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 300000);
 
