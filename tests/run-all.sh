@@ -8,6 +8,7 @@
 #              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
+#   browser    the console page in Debian's headless Chromium against the release binary
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #   deb        the .deb with cargo-deb, then lintian: no error, no warning
 #   e2e        real systemd in systemd-nspawn: apt install, reload, drain, upgrade, purge
@@ -19,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-stages=(lint test monitoring man autobahn fuzz deb e2e)
+stages=(lint test monitoring man autobahn browser fuzz deb e2e)
 if (($# > 0)); then stages=("$@"); fi
 passed=0 failed=0 failures=()
 
@@ -52,9 +53,9 @@ stage_lint() {
     (cd fuzz && cargo fmt --all -- --check) &&
     (cd bench && cargo fmt --all -- --check) &&
     cargo clippy --locked --all-targets -- -D warnings &&
-    shellcheck -x tests/run-all.sh tests/autobahn/*.sh man/render.sh \
-      packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
-    /usr/bin/python3 -m pyflakes tests/e2e
+    shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/browser/*.sh \
+      man/render.sh packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
+    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring
 }
 
 stage_test() { cargo test --locked; }
@@ -71,6 +72,10 @@ stage_man() { man/render.sh --check; }
 
 stage_autobahn() {
   cargo build --locked --release && tests/autobahn/run.sh target/release/wsechod etc/wsechod.toml
+}
+
+stage_browser() {
+  cargo build --locked --release && tests/browser/install.sh && node tests/browser/run.mjs
 }
 
 # Nothing else builds meanwhile, so the fuzz build may use both CPUs.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# tests/browser/install.sh: what the browser tests need, installed once and reused.
+#
+#   - Debian's chromium (/usr/bin/chromium), with apt-get when it is missing (needs root).
+#     Playwright never downloads a browser here. fonts-nanum comes along so that Korean text
+#     renders in screenshots; no test depends on it.
+#   - playwright-core, exactly as package-lock.json pins it, by `npm ci` into
+#     ${XDG_CACHE_HOME:-~/.cache}/wsechod/browser. The sha256 of the lock file is stamped
+#     there after a good install; a warm run compares it and does nothing else.
+#
+# tests/browser/run.mjs loads playwright-core from that directory. Prints what it did.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/wsechod/browser
+
+if [[ -x /usr/bin/chromium ]]; then
+  echo "browser-install: chromium present: $(/usr/bin/chromium --version 2>/dev/null)"
+else
+  echo "browser-install: installing Debian's chromium with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -q update >/dev/null
+  apt-get -q -y install --no-install-recommends chromium fonts-nanum >/dev/null
+  echo "browser-install: installed $(/usr/bin/chromium --version 2>/dev/null)"
+fi
+
+want=$(sha256sum "$here/package-lock.json" | cut -d' ' -f1)
+if [[ -f $cache/lock.sha256 && $(<"$cache/lock.sha256") == "$want" &&
+  -f $cache/node_modules/playwright-core/package.json ]]; then
+  echo "browser-install: node modules up to date in $cache"
+  exit 0
+fi
+echo "browser-install: npm ci into $cache"
+mkdir -p "$cache"
+rm -f "$cache/lock.sha256"
+cp "$here/package.json" "$here/package-lock.json" "$cache/"
+npm ci --prefix "$cache" --ignore-scripts --no-audit --no-fund --loglevel=error
+echo "$want" >"$cache/lock.sha256"
+echo "browser-install: playwright-core $(node -p "require('$cache/node_modules/playwright-core/package.json').version") installed"
