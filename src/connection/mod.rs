@@ -630,8 +630,10 @@ impl Echo<'_> {
     }
 }
 
+/// Logs one message at debug level under its own target, `wsechod::message`, so that
+/// `RUST_LOG=wsechod::connection=debug` shows connections without every message.
 fn log_message(settings: &Settings, kind: Kind, payload: &[u8]) {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
+    if !tracing::enabled!(target: "wsechod::message", tracing::Level::DEBUG) {
         return;
     }
     if settings.log_message_content {
@@ -641,6 +643,7 @@ fn log_message(settings: &Settings, kind: Kind, payload: &[u8]) {
             Kind::Binary => shown.iter().map(|b| format!("{b:02x}")).collect(),
         };
         debug!(
+            target: "wsechod::message",
             r#type = kind.label(),
             size = payload.len(),
             truncated = payload.len() > LOG_CONTENT_MAX,
@@ -648,7 +651,7 @@ fn log_message(settings: &Settings, kind: Kind, payload: &[u8]) {
             "message"
         );
     } else {
-        debug!(r#type = kind.label(), size = payload.len(), "message");
+        debug!(target: "wsechod::message", r#type = kind.label(), size = payload.len(), "message");
     }
 }
 

@@ -112,3 +112,22 @@ async fn garbage_bytes_get_an_error_not_a_hang() {
     d.wait_metric("wsechod_connections{state=\"connecting\"}", 0.0)
         .await;
 }
+
+#[tokio::test]
+async fn a_port_probe_is_no_request_not_a_rejection() {
+    let d = daemon().start().await;
+    // A TCP health check: connect, send nothing, close.
+    drop(TcpStream::connect(d.ws_addr()).await.unwrap());
+    d.wait_metric(
+        "wsechod_connections_aborted_total{reason=\"no_request\"}",
+        1.0,
+    )
+    .await;
+    let text = d.scrape().await;
+    let v = |s: &str| crate::util::metric_value(&text, s);
+    assert_eq!(
+        v("wsechod_connections_aborted_total{reason=\"handshake_rejected\"}"),
+        0.0
+    );
+    assert_eq!(v("wsechod_handshakes_rejected_total{status=\"400\"}"), 0.0);
+}

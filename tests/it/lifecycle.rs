@@ -3,11 +3,15 @@
 
 use std::os::fd::OwnedFd;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::util::{TIMEOUT, daemon, echo, recv};
@@ -28,71 +32,143 @@ async fn ready_after_bind_then_stopping_on_sigterm() {
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
 }
 
+/// What one client of the drain test saw.
+struct Streamed {
+    /// Its local port, which names it in the daemon's log.
+    port: u16,
+    /// Messages it handed to its socket before it answered our close frame.
+    sent: usize,
+    /// The echoes it got, in order.
+    echoes: Vec<Message>,
+    /// Our close frame.
+    close: CloseFrame,
+}
+
+/// Streams numbered messages without pause until the daemon's close frame arrives.
+/// `streaming` counts down once this client has seen 50 echoes.
+async fn stream_until_closed(
+    ws: crate::util::Ws,
+    streaming: Arc<(AtomicUsize, Notify)>,
+) -> Streamed {
+    let port = ws.get_ref().local_addr().unwrap().port();
+    let (mut tx, mut rx) = ws.split();
+    let closed = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !closed.load(Ordering::Acquire) {
+                // Once tungstenite has read our close frame it refuses data: that is the
+                // client's last message.
+                if tx.feed(Message::text(sent.to_string())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                if sent % 16 == 0 && tx.flush().await.is_err() {
+                    break;
+                }
+            }
+            let _ = tx.flush().await;
+            sent
+        })
+    };
+    let mut echoes = Vec::new();
+    let close = loop {
+        match tokio::time::timeout(TIMEOUT, rx.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break f,
+            Ok(Some(Ok(m @ Message::Text(_)))) => {
+                echoes.push(m);
+                if echoes.len() == 50 && streaming.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    streaming.1.notify_one();
+                }
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("client {port}: {other:?} before the close frame"),
+        }
+    };
+    closed.store(true, Ordering::Release);
+    let sent = writer.await.unwrap();
+    // tungstenite answers the close; the server then ends the connection.
+    while let Some(Ok(_)) = rx.next().await {}
+    Streamed {
+        port,
+        sent,
+        echoes,
+        close,
+    }
+}
+
+/// `key=N` in a log line.
+fn field(line: &str, key: &str) -> usize {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .trim_matches('"')
+        .parse()
+        .unwrap()
+}
+
+/// The drain's promise, checked per client: every message the daemon read before it sent
+/// that client's close frame is echoed ahead of the close; what it read after is counted as
+/// discarded (RFC 6455 forbids answering it), and nothing is lost in between.
 #[tokio::test]
-async fn drain_echoes_everything_read_then_closes_with_1000() {
-    const CLIENTS: usize = 40;
+async fn drain_echoes_exactly_what_was_read_before_each_close_frame() {
+    const CLIENTS: usize = 20;
     let mut d = daemon()
+        .env("RUST_LOG", "info,wsechod::connection=debug")
         .config("[shutdown]\ndrain_timeout = \"10s\"\nclose_reason = \"maintenance\"\n")
         .start()
         .await;
+    let streaming = Arc::new((AtomicUsize::new(CLIENTS), Notify::new()));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(d.connect().await);
+        let ws = d.connect().await;
+        clients.push(tokio::spawn(stream_until_closed(ws, streaming.clone())));
     }
-    // Phase 1: 50 messages each, all echoed (so the server has read them).
-    for (c, ws) in clients.iter_mut().enumerate() {
-        for i in 0..50 {
-            ws.feed(Message::text(format!("{c}:{i}"))).await.unwrap();
-        }
-        ws.flush().await.unwrap();
-    }
-    let mut received = vec![Vec::new(); CLIENTS];
-    for (c, ws) in clients.iter_mut().enumerate() {
-        for _ in 0..50 {
-            received[c].push(recv(ws).await);
-        }
-    }
-    // Phase 2: a burst in flight while SIGTERM arrives.
-    for (c, ws) in clients.iter_mut().enumerate() {
-        for i in 50..100 {
-            ws.feed(Message::text(format!("{c}:{i}"))).await.unwrap();
-        }
-        ws.flush().await.unwrap();
-    }
-    let started = Instant::now();
+    // SIGTERM while every client is mid-stream.
+    tokio::time::timeout(TIMEOUT, streaming.1.notified())
+        .await
+        .expect("every client streaming");
     d.signal(Signal::SIGTERM);
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(c, mut ws)| {
-            let mut got = std::mem::take(&mut received[c]);
-            tokio::spawn(async move {
-                let close = loop {
-                    match recv(&mut ws).await {
-                        Message::Close(frame) => break frame,
-                        m => got.push(m),
-                    }
-                };
-                // tungstenite answers the close; the server then ends the connection.
-                while let Some(Ok(_)) = ws.next().await {}
-                (c, got, close)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (c, got, close) = t.await.unwrap();
-        let close = close.expect("a close frame with a code");
-        assert_eq!(close.code, CloseCode::Normal);
-        assert_eq!(close.reason.as_str(), "maintenance");
-        // The echoes are an unbroken prefix of what was sent: nothing lost or reordered.
-        assert!(got.len() >= 50, "client {c} got {}", got.len());
-        for (i, m) in got.iter().enumerate() {
-            assert_eq!(*m, Message::text(format!("{c}:{i}")), "client {c}");
-        }
+    let mut discarded = 0;
+    let mut results = Vec::new();
+    for c in clients {
+        results.push(c.await.unwrap());
     }
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(10));
-    d.wait_stderr(&format!("closed={CLIENTS} aborted=0")).await;
+    let log = d.wait_stderr(&format!("closed={CLIENTS} aborted=0")).await;
+    for r in results {
+        assert_eq!(r.close.code, CloseCode::Normal);
+        assert_eq!(r.close.reason.as_str(), "maintenance");
+        // The echoes are an unbroken prefix of what was sent: nothing lost or reordered.
+        for (i, m) in r.echoes.iter().enumerate() {
+            assert_eq!(*m, Message::text(i.to_string()), "client {}", r.port);
+        }
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!(":{}}}", r.port)) && l.contains("connection ended"))
+            .unwrap_or_else(|| panic!("no end line for client {}:\n{log}", r.port));
+        let (read, echoed, dropped) = (
+            field(line, "read"),
+            field(line, "echoed"),
+            field(line, "discarded"),
+        );
+        assert_eq!(read, r.sent, "client {}: read all it sent: {line}", r.port);
+        assert_eq!(
+            echoed,
+            r.echoes.len(),
+            "client {}: every echo arrived: {line}",
+            r.port
+        );
+        assert_eq!(
+            read,
+            echoed + dropped,
+            "client {}: none lost: {line}",
+            r.port
+        );
+        discarded += dropped;
+    }
+    println!("drain: {CLIENTS} clients; {discarded} messages crossed the close frame");
 }
 
 #[tokio::test]
@@ -119,9 +195,9 @@ async fn silent_client_is_aborted_at_the_drain_deadline() {
     assert_eq!(f.code, CloseCode::Normal);
     while let Some(Ok(_)) = polite.next().await {}
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The deadline's timing is tested on paused time (src/daemon/drain.rs); here only that
+    // the real binary gets there.
+    assert!(started.elapsed() < TIMEOUT);
     d.wait_stderr("closed=1 aborted=1 aborted_at_deadline=1")
         .await;
 }
@@ -269,9 +345,10 @@ async fn watchdog_pings_at_half_the_interval() {
         .iter()
         .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
         .count();
-    // One every 200 ms: about 10 in 2 s. Well under 5 would let systemd kill us; far over
-    // 10 would be flooding.
-    assert!((7..=13).contains(&pings), "{pings} pings in {window:?}");
+    // One every 200 ms: about 10 in 2 s. Fewer than 2 would let systemd kill us (one is due
+    // every 400 ms); far over 10 would be flooding. (A busy machine delays ticks, so the lower
+    // bound is loose; src/systemd/watchdog.rs tests the health check on paused time.)
+    assert!((2..=13).contains(&pings), "{pings} pings in {window:?}");
 }
 
 #[tokio::test]
