@@ -8,9 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::util::{TIMEOUT, UPGRADE, connect, daemon, echo, http_get, recv};
+use crate::util::{TIMEOUT, UPGRADE, connect, daemon, echo, http_get};
 
 #[tokio::test]
 async fn max_connections_answers_503_with_retry_after() {
