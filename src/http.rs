@@ -22,6 +22,10 @@ pub struct Policy {
     pub subprotocols: Vec<String>,
     /// Refuse clients offering none of them.
     pub require_subprotocol: bool,
+    /// What we ask for in permessage-deflate; `None` when compression is off.
+    pub deflate: Option<crate::deflate::Preferences>,
+    /// The console page, when it is served: its path and its HTML.
+    pub console: Option<(String, Bytes)>,
 }
 
 #[cfg(test)]
@@ -44,20 +48,32 @@ pub enum Limit {
     Total,
     /// `max_connections_per_ip` reached for this client: 429.
     PerIp,
+    /// The daemon is shutting down (an HTTP/2 connection asks for a new stream): 503.
+    Draining,
 }
 
 /// What to answer an upgrade request with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// 101 Switching Protocols, with this `Sec-WebSocket-Accept`.
+    /// 101 Switching Protocols (HTTP/1.1) or 200 (HTTP/2).
     Upgrade {
-        /// The `Sec-WebSocket-Accept` value derived from the client's key.
+        /// The `Sec-WebSocket-Accept` value derived from the client's key (HTTP/1.1 only;
+        /// empty on HTTP/2, which has no key).
         accept: String,
         /// The selected subprotocol, if any.
         protocol: Option<String>,
+        /// permessage-deflate, if it was offered, is on and an offer could be honoured.
+        deflate: Option<crate::deflate::Negotiated>,
     },
     /// An HTTP error instead of an upgrade.
     Reject(Rejection),
+    /// 200 with the console page (`head`: without the body, for a HEAD request).
+    Page {
+        /// The page.
+        html: Bytes,
+        /// Only the head was asked for.
+        head: bool,
+    },
 }
 
 /// An error response: status, a short text body and at most one extra header.
@@ -118,6 +134,9 @@ fn select_protocol(headers: &HeaderMap, ours: &[String]) -> Option<String> {
 /// connection limits (503, 429), which are checked only for requests that would otherwise
 /// upgrade, so a curl probe still gets its honest answer.
 pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
+    if let Some(page) = console(req, policy) {
+        return page;
+    }
     if req.uri().path() != policy.path {
         return reject(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -138,21 +157,8 @@ pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
             "not a WebSocket request: Connection must include Upgrade\n",
         );
     }
-    match h.get(header::SEC_WEBSOCKET_VERSION) {
-        None => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "not a WebSocket request: Sec-WebSocket-Version missing\n",
-            );
-        }
-        Some(v) if v.as_bytes().trim_ascii() != WS_VERSION.as_bytes() => {
-            return Decision::Reject(Rejection {
-                status: StatusCode::UPGRADE_REQUIRED,
-                body: "unsupported WebSocket version; this server speaks 13\n",
-                header: Some((header::SEC_WEBSOCKET_VERSION, WS_VERSION)),
-            });
-        }
-        Some(_) => {}
+    if let Some(r) = check_version(h) {
+        return r;
     }
     if req.version() < Version::HTTP_11 {
         return reject(StatusCode::BAD_REQUEST, "WebSocket needs HTTP/1.1\n");
@@ -166,6 +172,85 @@ pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
             );
         }
     };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    settle(h, policy, limit, accept)
+}
+
+/// Decides the fate of a request on an HTTP/2 connection (RFC 8441): an extended CONNECT
+/// with `:protocol` `websocket` on the path opens a WebSocket, with the same checks as
+/// HTTP/1.1 from the version on. A plain GET of the path is 400, another method 405.
+pub fn decide_h2<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
+    if let Some(page) = console(req, policy) {
+        return page;
+    }
+    if req.uri().path() != policy.path {
+        return reject(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let protocol = req.extensions().get::<hyper::ext::Protocol>();
+    match (req.method(), protocol) {
+        (&Method::CONNECT, Some(p)) if p.as_str().eq_ignore_ascii_case("websocket") => {}
+        (&Method::CONNECT, _) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "not a WebSocket request: CONNECT needs :protocol websocket\n",
+            );
+        }
+        (&Method::GET, _) => return reject(StatusCode::BAD_REQUEST, "not a WebSocket request\n"),
+        _ => {
+            return Decision::Reject(Rejection {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                body: "only CONNECT with :protocol websocket opens a WebSocket over HTTP/2\n",
+                header: Some((header::ALLOW, "CONNECT")),
+            });
+        }
+    }
+    let h = req.headers();
+    if let Some(r) = check_version(h) {
+        return r;
+    }
+    settle(h, policy, limit, String::new())
+}
+
+/// The console page, if the request is for it.
+fn console<B>(req: &Request<B>, policy: &Policy) -> Option<Decision> {
+    let (path, html) = policy.console.as_ref()?;
+    if req.uri().path() != path {
+        return None;
+    }
+    Some(match *req.method() {
+        Method::GET | Method::HEAD => Decision::Page {
+            html: html.clone(),
+            head: req.method() == Method::HEAD,
+        },
+        _ => Decision::Reject(Rejection {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            body: "the console page answers GET and HEAD\n",
+            header: Some((header::ALLOW, "GET, HEAD")),
+        }),
+    })
+}
+
+/// `Sec-WebSocket-Version` must be 13: 400 when missing, 426 when another.
+fn check_version(h: &HeaderMap) -> Option<Decision> {
+    match h.get(header::SEC_WEBSOCKET_VERSION) {
+        None => Some(reject(
+            StatusCode::BAD_REQUEST,
+            "not a WebSocket request: Sec-WebSocket-Version missing\n",
+        )),
+        Some(v) if v.as_bytes().trim_ascii() != WS_VERSION.as_bytes() => {
+            Some(Decision::Reject(Rejection {
+                status: StatusCode::UPGRADE_REQUIRED,
+                body: "unsupported WebSocket version; this server speaks 13\n",
+                header: Some((header::SEC_WEBSOCKET_VERSION, WS_VERSION)),
+            }))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The checks every WebSocket request goes through, whatever its HTTP version: origin (403),
+/// subprotocol (400), the limits (503, 429), then the upgrade with what was negotiated.
+fn settle(h: &HeaderMap, policy: &Policy, limit: Limit, accept: String) -> Decision {
     match h.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None if policy.require_origin => {
             return reject(StatusCode::FORBIDDEN, "an Origin header is required\n");
@@ -186,33 +271,75 @@ pub fn decide<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision {
             "no supported subprotocol offered in Sec-WebSocket-Protocol\n",
         );
     }
-    match limit {
-        Limit::None => {}
-        Limit::Total => {
-            return Decision::Reject(Rejection {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                body: "too many connections, try again later\n",
-                header: Some((header::RETRY_AFTER, "1")),
-            });
-        }
-        Limit::PerIp => {
-            return Decision::Reject(Rejection {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                body: "too many connections from your address, try again later\n",
-                header: Some((header::RETRY_AFTER, "1")),
-            });
-        }
+    let (status, body) = match limit {
+        Limit::None => (None, ""),
+        Limit::Total => (
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "too many connections, try again later\n",
+        ),
+        Limit::Draining => (
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "shutting down, try again later\n",
+        ),
+        Limit::PerIp => (
+            Some(StatusCode::TOO_MANY_REQUESTS),
+            "too many connections from your address, try again later\n",
+        ),
+    };
+    if let Some(status) = status {
+        return Decision::Reject(Rejection {
+            status,
+            body,
+            header: Some((header::RETRY_AFTER, "1")),
+        });
     }
+    let deflate = policy.deflate.as_ref().and_then(|ours| {
+        crate::deflate::negotiate(
+            h.get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            ours,
+        )
+    });
     Decision::Upgrade {
-        accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        accept,
         protocol,
+        deflate,
     }
 }
 
-/// The response for a decision.
+/// The HTTP/2 response for a decision: 200 instead of 101, and no `Upgrade`,
+/// `Connection` or `Sec-WebSocket-Accept` (RFC 8441 section 5).
+pub fn response_h2(decision: &Decision) -> Response<Full<Bytes>> {
+    let mut r = match decision {
+        Decision::Upgrade {
+            protocol, deflate, ..
+        } => {
+            let mut b = Response::builder().status(StatusCode::OK);
+            if let Some(p) = protocol {
+                b = b.header(header::SEC_WEBSOCKET_PROTOCOL, p.as_str());
+            }
+            if let Some(d) = deflate {
+                b = b.header(header::SEC_WEBSOCKET_EXTENSIONS, d.response.as_str());
+            }
+            b.body(Full::default())
+                .expect("static response parts are valid")
+        }
+        other => response(other),
+    };
+    // Connection-specific headers are not allowed in HTTP/2.
+    r.headers_mut().remove(header::CONNECTION);
+    r
+}
+
+/// The HTTP/1.1 response for a decision.
 pub fn response(decision: &Decision) -> Response<Full<Bytes>> {
     match decision {
-        Decision::Upgrade { accept, protocol } => {
+        Decision::Upgrade {
+            accept,
+            protocol,
+            deflate,
+        } => {
             let mut b = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header(header::UPGRADE, "websocket")
@@ -221,9 +348,24 @@ pub fn response(decision: &Decision) -> Response<Full<Bytes>> {
             if let Some(p) = protocol {
                 b = b.header(header::SEC_WEBSOCKET_PROTOCOL, p.as_str());
             }
+            if let Some(d) = deflate {
+                b = b.header(header::SEC_WEBSOCKET_EXTENSIONS, d.response.as_str());
+            }
             b.body(Full::default())
         }
         Decision::Reject(r) => text(r.status, r.body, r.header.clone()),
+        Decision::Page { html, head } => {
+            let body = if *head { Bytes::new() } else { html.clone() };
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(header::CONTENT_LENGTH, html.len())
+                .header(header::CACHE_CONTROL, "no-cache")
+                .header("x-content-type-options", "nosniff")
+                // The page's WebSocket opens a connection of its own: this one is done.
+                .header(header::CONNECTION, "close")
+                .body(Full::new(body))
+        }
     }
     .expect("static response parts are valid")
 }
@@ -270,6 +412,7 @@ mod tests {
         match decide(&req, policy, Limit::None) {
             Decision::Upgrade { .. } => StatusCode::SWITCHING_PROTOCOLS,
             Decision::Reject(r) => r.status,
+            Decision::Page { .. } => StatusCode::OK,
         }
     }
 
@@ -286,6 +429,7 @@ mod tests {
             Decision::Upgrade {
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
                 protocol: None,
+                deflate: None,
             }
         );
         let r = response(&d);
@@ -457,6 +601,163 @@ mod tests {
         );
     }
 
+    /// An RFC 8441 extended CONNECT for `path`.
+    fn connect(path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://localhost{path}"))
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+    }
+
+    fn h2_status(req: Request<()>, policy: &Policy, limit: Limit) -> StatusCode {
+        response_h2(&decide_h2(&req, policy, limit)).status()
+    }
+
+    #[test]
+    fn http2_extended_connect_gets_the_same_decisions() {
+        let p = Policy {
+            allowed_origins: vec!["https://example.com".into()],
+            subprotocols: vec!["chat".into()],
+            ..Policy::for_path("/ws")
+        };
+        let ok = connect("/ws")
+            .header("origin", "https://example.com")
+            .header("sec-websocket-protocol", "mqtt, chat")
+            .body(())
+            .unwrap();
+        let r = response_h2(&decide_h2(&ok, &p, Limit::None));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["sec-websocket-protocol"], "chat");
+        assert!(r.headers().get("sec-websocket-accept").is_none());
+        assert!(r.headers().get("connection").is_none());
+        for (req, limit, want) in [
+            (
+                connect("/other").body(()).unwrap(),
+                Limit::None,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                connect("/ws")
+                    .header("origin", "https://evil.example")
+                    .body(())
+                    .unwrap(),
+                Limit::None,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                connect("/ws").body(()).unwrap(),
+                Limit::Total,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                connect("/ws").body(()).unwrap(),
+                Limit::Draining,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                connect("/ws").body(()).unwrap(),
+                Limit::PerIp,
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (
+                Request::get("/ws").body(()).unwrap(),
+                Limit::None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/ws").body(()).unwrap(),
+                Limit::None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Request::builder()
+                    .method(Method::CONNECT)
+                    .uri("/ws")
+                    .body(())
+                    .unwrap(),
+                Limit::None,
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            assert_eq!(h2_status(req, &p, limit), want);
+        }
+        let mut old = connect("/ws").body(()).unwrap();
+        old.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        let r = response_h2(&decide_h2(&old, &p, Limit::None));
+        assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(r.headers()["sec-websocket-version"], "13");
+        // Error answers carry no connection-specific header in HTTP/2.
+        assert!(r.headers().get("connection").is_none());
+    }
+
+    #[test]
+    fn the_console_page_is_served_at_its_path_only() {
+        let policy = Policy {
+            console: Some(("/console".into(), Bytes::from_static(b"<html></html>"))),
+            ..Policy::for_path("/ws")
+        };
+        let get = |method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            response(&decide(&req, &policy, Limit::Total))
+        };
+        let page = get(Method::GET, "/console");
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+        assert_eq!(page.headers()["connection"], "close");
+        assert_eq!(get(Method::HEAD, "/console").status(), StatusCode::OK);
+        let post = get(Method::POST, "/console");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()["allow"], "GET, HEAD");
+        // Every other answer stays as it was.
+        assert_eq!(get(Method::GET, "/").status(), StatusCode::NOT_FOUND);
+        assert_eq!(get(Method::GET, "/ws").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            get(Method::GET, "/console/x").status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn permessage_deflate_is_negotiated_only_when_on_and_offered() {
+        let ours = crate::deflate::Preferences {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            server_no_context_takeover: true,
+            client_no_context_takeover: false,
+        };
+        let on = Policy {
+            deflate: Some(ours),
+            ..Policy::for_path("/ws")
+        };
+        let offer = || {
+            upgrade()
+                .header(
+                    "Sec-WebSocket-Extensions",
+                    "permessage-deflate; client_max_window_bits",
+                )
+                .body(())
+                .unwrap()
+        };
+        let d = decide(&offer(), &on, Limit::None);
+        let r = response(&d);
+        assert_eq!(
+            r.headers()["sec-websocket-extensions"],
+            "permessage-deflate; server_no_context_takeover"
+        );
+        // Off, or not offered: no extension in the answer.
+        let off = Policy::for_path("/ws");
+        let r = response(&decide(&offer(), &off, Limit::None));
+        assert!(r.headers().get("sec-websocket-extensions").is_none());
+        let r = response(&decide(&upgrade().body(()).unwrap(), &on, Limit::None));
+        assert!(r.headers().get("sec-websocket-extensions").is_none());
+    }
+
     #[test]
     fn first_offered_supported_subprotocol_is_selected() {
         let policy = Policy {
@@ -475,6 +776,7 @@ mod tests {
         let r = response(&Decision::Upgrade {
             accept: "x".into(),
             protocol,
+            deflate: None,
         });
         assert_eq!(r.headers()["sec-websocket-protocol"], "chat.v1");
 

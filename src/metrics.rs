@@ -111,6 +111,32 @@ pub struct Metrics {
     max_connections: IntGauge,
     /// `wsechod_drain_timeout_seconds`: the configured drain timeout.
     drain_timeout: Gauge,
+    /// `wsechod_connections_compressed_total`: connections that negotiated
+    /// permessage-deflate.
+    compressed: IntCounter,
+    /// `wsechod_compression_payload_bytes_total{direction}`: `[received, sent]` payload
+    /// bytes of compressed messages, uncompressed.
+    compression_payload: [IntCounter; 2],
+    /// `wsechod_compression_wire_bytes_total{direction}`: `[received, sent]` the same
+    /// messages' bytes as compressed on the wire.
+    compression_wire: [IntCounter; 2],
+    /// `wsechod_handshakes_total{http}`: `[1.1, 2]` WebSocket handshakes completed.
+    handshakes: [IntCounter; 2],
+    /// `wsechod_http2_connections`: TCP connections serving HTTP/2 now.
+    http2_connections: IntGauge,
+    /// `wsechod_http2_connections_total`: TCP connections that turned out to speak HTTP/2.
+    http2_connections_total: IntCounter,
+    /// `wsechod_http2_streams`: WebSocket streams open over HTTP/2 now.
+    http2_streams: IntGauge,
+}
+
+/// The HTTP version a WebSocket came over, as the `http` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    /// HTTP/1.1 (the Upgrade handshake).
+    V1 = 0,
+    /// HTTP/2 (extended CONNECT, RFC 8441).
+    V2 = 1,
 }
 
 impl Default for Metrics {
@@ -349,6 +375,56 @@ impl Metrics {
             .register(Box::new(drain_timeout.clone()))
             .expect("unique metric");
 
+        let compressed = counter(
+            &registry,
+            "wsechod_connections_compressed_total",
+            "Connections that negotiated permessage-deflate.",
+        );
+        let directions = ["received", "sent"];
+        let compression_payload = by_label(
+            &counter_vec(
+                &registry,
+                "wsechod_compression_payload_bytes_total",
+                "Payload bytes of compressed messages, uncompressed, by direction.",
+                "direction",
+            ),
+            directions,
+        );
+        let compression_wire = by_label(
+            &counter_vec(
+                &registry,
+                "wsechod_compression_wire_bytes_total",
+                "Bytes of compressed messages as sent on the wire (frame payloads), by direction.",
+                "direction",
+            ),
+            directions,
+        );
+
+        let handshakes = by_label(
+            &counter_vec(
+                &registry,
+                "wsechod_handshakes_total",
+                "WebSocket handshakes completed (101 on HTTP/1.1, 200 on HTTP/2), by HTTP version.",
+                "http",
+            ),
+            ["1.1", "2"],
+        );
+        let http2_connections = gauge(
+            &registry,
+            "wsechod_http2_connections",
+            "TCP connections serving HTTP/2 now (each carries WebSockets as streams).",
+        );
+        let http2_connections_total = counter(
+            &registry,
+            "wsechod_http2_connections_total",
+            "TCP connections that spoke HTTP/2; they leave the connection states as they start carrying streams.",
+        );
+        let http2_streams = gauge(
+            &registry,
+            "wsechod_http2_streams",
+            "WebSocket connections open as HTTP/2 streams now.",
+        );
+
         let build_info = IntGaugeVec::new(
             Opts::new("wsechod_build_info", "Build information; always 1."),
             &["version"],
@@ -394,6 +470,13 @@ impl Metrics {
             draining,
             max_connections,
             drain_timeout,
+            compressed,
+            compression_payload,
+            compression_wire,
+            handshakes,
+            http2_connections,
+            http2_connections_total,
+            http2_streams,
         }
     }
 
@@ -430,6 +513,12 @@ impl Metrics {
         if new.is_terminal() {
             self.duration.observe(started.elapsed().as_secs_f64());
         }
+    }
+
+    /// A TCP connection left `from` to serve HTTP/2 (see `ConnTracker::hand_over_to_http2`).
+    pub(crate) fn handed_over(&self, from: ConnState) {
+        self.live[from as usize].dec();
+        self.http2_connection(true);
     }
 
     /// An upgrade request was answered with `status` instead of 101.
@@ -486,6 +575,52 @@ impl Metrics {
         if ok {
             self.last_reload_time.set(unix_now());
         }
+    }
+
+    /// A WebSocket handshake completed over `http`.
+    pub fn handshake_completed(&self, http: Http) {
+        self.handshakes[http as usize].inc();
+    }
+
+    /// A TCP connection started (`true`) or stopped serving HTTP/2.
+    pub fn http2_connection(&self, open: bool) {
+        if open {
+            self.http2_connections_total.inc();
+            self.http2_connections.inc();
+        } else {
+            self.http2_connections.dec();
+        }
+    }
+
+    /// An HTTP/2 WebSocket stream opened (`true`) or ended.
+    pub fn http2_stream(&self, open: bool) {
+        if open {
+            self.http2_streams.inc();
+        } else {
+            self.http2_streams.dec();
+        }
+    }
+
+    /// TCP connections that turned out to speak HTTP/2, so far.
+    pub fn http2_connections_total(&self) -> u64 {
+        self.http2_connections_total.get()
+    }
+
+    /// A connection negotiated permessage-deflate.
+    pub fn compression_negotiated(&self) {
+        self.compressed.inc();
+    }
+
+    /// Compressed messages arrived: `payload` bytes inflated from `wire` bytes.
+    pub fn compressed_received(&self, payload: u64, wire: u64) {
+        self.compression_payload[0].inc_by(payload);
+        self.compression_wire[0].inc_by(wire);
+    }
+
+    /// A compressed message was queued: `payload` bytes deflated to `wire` bytes.
+    pub fn compressed_sent(&self, payload: u64, wire: u64) {
+        self.compression_payload[1].inc_by(payload);
+        self.compression_wire[1].inc_by(wire);
     }
 
     /// A data message arrived after our close frame and was not answered.

@@ -11,8 +11,27 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsConfig;
 
+use hyper::body::Bytes;
+
 use crate::config::{Config, ConfigError};
+use crate::greeting::Template as Greeting;
 use crate::http::Policy;
+
+/// The console page, as embedded.
+const CONSOLE: &str = include_str!("console/console.html");
+
+/// The console page with the WebSocket path it connects to written into its
+/// `wsechod-ws-path` meta tag.
+fn console_page(ws_path: &str) -> Bytes {
+    // Validated paths hold no '"' or '<'; '&' is escaped for the attribute.
+    let escaped = ws_path.replace('&', "&amp;");
+    let html = CONSOLE.replacen(
+        r#"<meta name="wsechod-ws-path" content="/ws">"#,
+        &format!(r#"<meta name="wsechod-ws-path" content="{escaped}">"#),
+        1,
+    );
+    Bytes::from(html)
+}
 
 /// Keepalive and timeouts of an open connection (`None`: off).
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +46,19 @@ pub struct Timers {
     pub max_lifetime: Option<Duration>,
     /// Abort when the peer does not take our data for this long.
     pub write_timeout: Duration,
+}
+
+/// How HTTP/2 connections are served.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2 {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_streams: u32,
+    /// Each stream's flow-control window.
+    pub stream_window: u32,
+    /// The connection's flow-control window.
+    pub connection_window: u32,
+    /// Bytes buffered per stream for sending.
+    pub send_buffer: usize,
 }
 
 /// Everything a new connection needs, derived from one [`Config`].
@@ -55,6 +87,12 @@ pub struct Settings {
     pub(crate) count_messages: bool,
     /// Reason of the close frame sent on shutdown.
     pub(crate) close_reason: Utf8Bytes,
+    /// zlib level of compressed echoes.
+    pub(crate) compression_level: u32,
+    /// The greeting sent first on every connection, if any.
+    pub(crate) greeting: Option<Greeting>,
+    /// HTTP/2, when it is served.
+    pub(crate) http2: Option<Http2>,
     /// TLS for `wss://`, when configured.
     pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
@@ -70,8 +108,15 @@ impl Settings {
             .max_write_buffer_size(w.max_write_buffer_size.as_usize())
             .max_message_size(Some(w.max_message_size.as_usize()))
             .max_frame_size(Some(w.frame_limit().as_usize()));
+        let h = &config.http2;
+        let http2 = h.enabled.then(|| Http2 {
+            max_streams: h.max_concurrent_streams,
+            stream_window: u32::try_from(h.stream_window.0).unwrap_or(u32::MAX),
+            connection_window: u32::try_from(h.connection_window.0).unwrap_or(u32::MAX),
+            send_buffer: h.send_buffer.as_usize(),
+        });
         let tls = if config.tls.enabled() {
-            Some(crate::tls::load(&config.tls)?)
+            Some(crate::tls::load(&config.tls, http2.is_some())?)
         } else {
             None
         };
@@ -86,6 +131,11 @@ impl Settings {
                 require_origin: s.require_origin,
                 subprotocols: s.subprotocols.clone(),
                 require_subprotocol: s.require_subprotocol,
+                deflate: w.deflate(),
+                console: config
+                    .console
+                    .enabled
+                    .then(|| (config.console.path.clone(), console_page(&s.path))),
             },
             handshake_timeout: s.handshake_timeout.0,
             max_header_size: s.max_header_size.as_usize(),
@@ -103,6 +153,16 @@ impl Settings {
             log_message_content: w.log_message_content,
             count_messages: config.metrics.enabled,
             close_reason: Utf8Bytes::from(config.shutdown.close_reason.clone()),
+            compression_level: w.compression_level,
+            http2,
+            greeting: match w.greeting.as_str() {
+                "" => None,
+                text => Some(Greeting::parse(text).map_err(|e| ConfigError {
+                    origin: "configuration".into(),
+                    key: Some("websocket.greeting".into()),
+                    kind: crate::config::ErrorKind::Value(e),
+                })?),
+            },
             tls,
         })
     }

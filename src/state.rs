@@ -83,11 +83,15 @@ pub enum AbortReason {
     /// The TCP connection closed before a request arrived: port probes and TCP health
     /// checks.
     NoRequest = 9,
+    /// permessage-deflate data that does not inflate (closed with 1007).
+    CompressionError = 10,
+    /// The request fetched the console page instead of upgrading.
+    ConsolePage = 11,
 }
 
 impl AbortReason {
     /// All reasons, in label order.
-    pub const ALL: [AbortReason; 10] = [
+    pub const ALL: [AbortReason; 12] = [
         AbortReason::HandshakeRejected,
         AbortReason::HandshakeFailed,
         AbortReason::ProtocolError,
@@ -98,6 +102,8 @@ impl AbortReason {
         AbortReason::MaxLifetime,
         AbortReason::WriteTimeout,
         AbortReason::NoRequest,
+        AbortReason::CompressionError,
+        AbortReason::ConsolePage,
     ];
 
     /// The `reason` label value.
@@ -113,6 +119,8 @@ impl AbortReason {
             AbortReason::MaxLifetime => "max_lifetime",
             AbortReason::WriteTimeout => "write_timeout",
             AbortReason::NoRequest => "no_request",
+            AbortReason::CompressionError => "compression_error",
+            AbortReason::ConsolePage => "console_page",
         }
     }
 }

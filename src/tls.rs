@@ -17,8 +17,9 @@ fn error(key: &str, path: &str, message: String) -> ConfigError {
     }
 }
 
-/// Reads the files and builds the server configuration (HTTP/1.1 only, as WebSocket needs).
-pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+/// Reads the files and builds the server configuration. ALPN offers `h2` (RFC 8441
+/// WebSockets over HTTP/2) when `http2`, and `http/1.1`.
+pub fn load(cfg: &TlsConfig, http2: bool) -> Result<Arc<ServerConfig>, ConfigError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -52,6 +53,10 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
                 format!("does not match the certificate: {e}"),
             )
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(config))
 }

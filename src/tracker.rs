@@ -1,10 +1,12 @@
 //! The tracker that moves one connection through the six states while keeping the shared
 //! gauges right.
 //!
-//! Invariant: every accepted TCP connection has exactly one [`ConnTracker`]; while it lives,
-//! the connection is counted in exactly one live-state gauge; when it ends (explicitly or by
-//! being dropped) it is counted exactly once as Closed or Aborted. So
-//! `accepted = closed + aborted + sum(live gauges)` always holds.
+//! Invariant: every accepted TCP connection, and every HTTP/2 stream that asks for a
+//! WebSocket, has exactly one [`ConnTracker`]; while it lives, it is counted in exactly one
+//! live-state gauge; when it ends (explicitly or by being dropped) it is counted exactly
+//! once as Closed or Aborted, or, for a TCP connection that turns out to speak HTTP/2,
+//! handed over to `wsechod_http2_connections_total` (its streams are the connections from
+//! then on). So `accepted = closed + aborted + sum(live gauges) + http2 connections` holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,6 +14,10 @@ use std::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::state::{AbortReason, ConnState};
+
+/// The state of a tracker whose TCP connection went on as HTTP/2: terminal, and counted
+/// nowhere among the six states.
+const HANDED_OVER: u8 = u8::MAX;
 
 /// Tracks one connection's state and mirrors every change into the shared metrics.
 ///
@@ -37,9 +43,13 @@ impl ConnTracker {
         }
     }
 
-    /// The current state.
+    /// The current state (a connection handed over to HTTP/2 reads as Closed: it is over
+    /// as far as the six states go).
     pub fn state(&self) -> ConnState {
-        ConnState::from_u8(self.state.load(Ordering::Acquire))
+        match self.state.load(Ordering::Acquire) {
+            HANDED_OVER => ConnState::Closed,
+            s => ConnState::from_u8(s),
+        }
     }
 
     /// Moves to a live state. Ignored once the connection has ended.
@@ -58,9 +68,28 @@ impl ConnTracker {
         self.transition(ConnState::Aborted, Some(reason));
     }
 
+    /// The TCP connection turned out to speak HTTP/2: it leaves Connecting without ending
+    /// as a WebSocket, and is counted as an HTTP/2 connection instead. Returns false (and
+    /// does nothing) unless it was Connecting.
+    pub fn hand_over_to_http2(&self) -> bool {
+        let connecting = ConnState::Connecting as u8;
+        if self
+            .state
+            .compare_exchange(connecting, HANDED_OVER, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.metrics.handed_over(ConnState::Connecting);
+        true
+    }
+
     fn transition(&self, new: ConnState, reason: Option<AbortReason>) {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
+            if current == HANDED_OVER {
+                return;
+            }
             let old = ConnState::from_u8(current);
             if old.is_terminal() || old == new {
                 return;
@@ -138,6 +167,26 @@ mod tests {
         drop(t);
         assert_eq!(m.aborted_for(AbortReason::HandshakeRejected), 1);
         assert_eq!(m.aborted_for(AbortReason::Reset), 0);
+    }
+
+    #[test]
+    fn a_connection_handed_over_to_http2_leaves_the_states_once() {
+        let m = Arc::new(Metrics::new());
+        let t = ConnTracker::new(m.clone());
+        assert!(t.hand_over_to_http2());
+        assert!(!t.hand_over_to_http2());
+        t.aborted(AbortReason::Reset);
+        t.set(ConnState::Open);
+        drop(t);
+        assert_eq!(live(&m), [0, 0, 0, 0]);
+        assert_eq!(m.ended(ConnState::Aborted), 0);
+        assert_eq!(m.ended(ConnState::Closed), 0);
+        assert_eq!(m.accepted(), 1);
+        assert_eq!(m.http2_connections_total(), 1);
+        // An open connection is not handed over.
+        let t = ConnTracker::new(m.clone());
+        t.set(ConnState::Open);
+        assert!(!t.hand_over_to_http2());
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn run(messages: impl Fn(usize) -> Message + Send + 'static) -> usize {
             let tracker = ConnTracker::new(metrics.clone());
             ServerSide(Box::pin(wsechod::connection::serve(
                 server_io,
-                Vec::new(),
+                wsechod::connection::Opening::default(),
                 &tracker,
                 &metrics,
                 &settings,

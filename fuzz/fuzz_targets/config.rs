@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         if config.tls.enabled() {
             return; // Settings::new would read the named files.
         }
-        let settings = Settings::new(&config).expect("settings without TLS cannot fail");
+        let settings = Arc::new(Settings::new(&config).expect("settings without TLS cannot fail"));
         // A request the configuration should accept: its origin, its subprotocol.
         let origin = config
             .server

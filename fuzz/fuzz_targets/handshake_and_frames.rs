@@ -35,8 +35,8 @@ use wsechod_fuzz::{
 
 /// The two settings every input is served with, built once.
 struct Fixture {
-    plain: Settings,
-    tight: Settings,
+    plain: Arc<Settings>,
+    tight: Arc<Settings>,
 }
 
 /// The smallest limits the configuration accepts (see `Config::validate`), so that every
@@ -68,8 +68,8 @@ fn tight() -> Settings {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| Fixture {
-        plain: Settings::default(),
-        tight: tight(),
+        plain: Arc::new(Settings::default()),
+        tight: Arc::new(tight()),
     })
 }
 
@@ -139,7 +139,7 @@ fuzz_target!(|data: &[u8]| {
     if mode != 0 && !dropped {
         let want = match limit {
             Limit::None => 101,
-            Limit::Total => 503,
+            Limit::Total | Limit::Draining => 503,
             Limit::PerIp => 429,
         };
         assert_eq!(

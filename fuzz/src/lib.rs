@@ -13,7 +13,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use wsechod::http::Limit;
 use wsechod::metrics::Metrics;
-use wsechod::server::{Shared, serve_io};
+use wsechod::server::{Accepted, Shared, serve_io};
 use wsechod::settings::Settings;
 use wsechod::state::ConnState;
 use wsechod::tracker::ConnTracker;
@@ -67,7 +67,7 @@ pub enum Drain {
 /// One connection to play.
 pub struct Exchange<'a> {
     /// The settings the daemon serves it with.
-    pub settings: &'a Settings,
+    pub settings: &'a Arc<Settings>,
     /// The connection limit verdict the accept loop would have given it.
     pub limit: Limit,
     /// Every byte the client sends.
@@ -166,7 +166,7 @@ pub struct Outcome {
 pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome {
     rt.block_on(async {
         let start = tokio::time::Instant::now();
-        let shared = Shared::new(ex.settings.clone(), metrics.clone());
+        let shared = Shared::new(Settings::clone(ex.settings), metrics.clone());
         if ex.drain == Drain::AtStart {
             shared.drain.cancel();
         }
@@ -177,8 +177,14 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
         let end_state = Cell::new(None);
 
         let server = async {
-            let deadline = tokio::time::Instant::now() + ex.settings.handshake_timeout();
-            serve_io(server_io, deadline, &tracker, ex.settings, &shared, ex.limit).await;
+            let accepted = Accepted {
+                id: 1,
+                peer: "192.0.2.1:50000".parse().expect("an address"),
+                local: "192.0.2.2:8080".parse().expect("an address"),
+                limit: ex.limit,
+                deadline: tokio::time::Instant::now() + ex.settings.handshake_timeout(),
+            };
+            serve_io(server_io, &accepted, &tracker, ex.settings, &shared).await;
             // Checked right away, before anything else runs and before the tracker's Drop
             // could paper over a connection that ended without recording it.
             let state = tracker.state();

@@ -11,6 +11,7 @@
 //! Invariant: every section and key has a default, so an empty file (or none) is a valid
 //! configuration, and `--print-config` output loads back to the same configuration.
 
+mod http2;
 mod load;
 pub mod reload;
 mod server;
@@ -21,11 +22,12 @@ mod websocket;
 
 use serde::{Deserialize, Serialize};
 
+pub use http2::Http2Config;
 pub use load::{
     ConfigError, ConfigPath, ErrorKind, Loaded, describe, env_var_for, list_keys, load,
     load_with_env,
 };
-pub use server::ServerConfig;
+pub use server::{ConsoleConfig, ServerConfig};
 pub use service::{DEFAULT_METRICS_PORT, LogConfig, MetricsConfig, ShutdownConfig, TlsConfig};
 pub use units::{ByteSize, Dur};
 pub use validate::{Invalid, Problem};
@@ -46,10 +48,14 @@ pub struct Config {
     pub server: ServerConfig,
     /// Per-connection WebSocket behaviour.
     pub websocket: WebSocketConfig,
+    /// WebSockets over HTTP/2.
+    pub http2: Http2Config,
     /// The metrics, health and readiness listener.
     pub metrics: MetricsConfig,
     /// TLS for `wss://` on the WebSocket listeners.
     pub tls: TlsConfig,
+    /// The page for trying the echo from a browser.
+    pub console: ConsoleConfig,
     /// What SIGTERM does.
     pub shutdown: ShutdownConfig,
     /// Logging.

@@ -53,3 +53,22 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// `[console]`: the page for trying the echo from a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the page.
+    pub enabled: bool,
+    /// Where, on the WebSocket listener.
+    pub path: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/console".into(),
+        }
+    }
+}

@@ -188,6 +188,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.validate_server()?;
         self.validate_websocket()?;
+        self.validate_console()?;
+        self.validate_http2()?;
         self.validate_service()
     }
 
@@ -336,6 +338,44 @@ impl Config {
             Duration::from_millis(100),
             Duration::from_secs(3600),
         )?;
+        if w.compression_level > 9 {
+            return Err(invalid(
+                "websocket.compression_level",
+                Problem::OutOfRange {
+                    value: w.compression_level.to_string(),
+                    min: "0".into(),
+                    max: "9".into(),
+                },
+            ));
+        }
+        for (key, bits) in [
+            ("websocket.server_max_window_bits", w.server_max_window_bits),
+            ("websocket.client_max_window_bits", w.client_max_window_bits),
+        ] {
+            if !(9..=15).contains(&bits) {
+                return Err(invalid(
+                    key,
+                    Problem::OutOfRange {
+                        value: bits.to_string(),
+                        min: "9 (zlib compresses with no smaller window)".into(),
+                        max: "15".into(),
+                    },
+                ));
+            }
+        }
+        if w.greeting.len() > 4096 {
+            return Err(invalid(
+                "websocket.greeting",
+                Problem::TooLong {
+                    len: w.greeting.len(),
+                    max: 4096,
+                    within: "a greeting",
+                },
+            ));
+        }
+        if let Err(e) = crate::greeting::Template::parse(&w.greeting) {
+            return Err(invalid("websocket.greeting", Problem::Conflict(e)));
+        }
         if w.reply_prefix.len() > 4096 {
             return Err(invalid(
                 "websocket.reply_prefix",
@@ -344,6 +384,58 @@ impl Config {
                     max: 4096,
                     within: "a reply prefix",
                 },
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_http2(&self) -> Result<(), Invalid> {
+        let h = &self.http2;
+        if h.max_concurrent_streams == 0 || h.max_concurrent_streams > 10_000 {
+            return Err(invalid(
+                "http2.max_concurrent_streams",
+                Problem::OutOfRange {
+                    value: h.max_concurrent_streams.to_string(),
+                    min: "1".into(),
+                    max: "10000".into(),
+                },
+            ));
+        }
+        // RFC 9113: windows from 65535 bytes (the default) to 2^31 - 1.
+        for (key, v) in [
+            ("http2.stream_window", h.stream_window),
+            ("http2.connection_window", h.connection_window),
+        ] {
+            within_size(key, v, 1024, (1 << 31) - 1)?;
+        }
+        if h.connection_window < h.stream_window {
+            return Err(invalid(
+                "http2.connection_window",
+                Problem::Conflict(format!(
+                    "{} is smaller than http2.stream_window ({})",
+                    h.connection_window, h.stream_window
+                )),
+            ));
+        }
+        within_size("http2.send_buffer", h.send_buffer, 1024, GIB)?;
+        Ok(())
+    }
+
+    fn validate_console(&self) -> Result<(), Invalid> {
+        let c = &self.console;
+        if !c.enabled {
+            return Ok(());
+        }
+        if !valid_path(&c.path) {
+            return Err(invalid("console.path", Problem::NotAPath(c.path.clone())));
+        }
+        if c.path == self.server.path {
+            return Err(invalid(
+                "console.path",
+                Problem::Conflict(format!(
+                    "{:?} is also server.path, which upgrades to the WebSocket",
+                    c.path
+                )),
             ));
         }
         Ok(())
@@ -493,10 +585,39 @@ mod tests {
             ),
             ("log.level", Box::new(|c| c.log.level = "loud".into())),
             (
+                "websocket.compression_level",
+                Box::new(|c| c.websocket.compression_level = 10),
+            ),
+            (
+                "websocket.server_max_window_bits",
+                Box::new(|c| c.websocket.server_max_window_bits = 8),
+            ),
+            (
+                "websocket.client_max_window_bits",
+                Box::new(|c| c.websocket.client_max_window_bits = 16),
+            ),
+            (
                 "metrics.listen",
                 Box::new(|c| c.metrics.listen = c.server.listen[0]),
             ),
             ("tls.key_file", Box::new(|c| c.tls.cert_file = "x".into())),
+            ("console.path", Box::new(|c| c.console.path = "/ws".into())),
+            (
+                "http2.max_concurrent_streams",
+                Box::new(|c| c.http2.max_concurrent_streams = 0),
+            ),
+            (
+                "http2.connection_window",
+                Box::new(|c| c.http2.connection_window = ByteSize(2048)),
+            ),
+            (
+                "console.path",
+                Box::new(|c| c.console.path = "console".into()),
+            ),
+            (
+                "websocket.greeting",
+                Box::new(|c| c.websocket.greeting = "served by {hostnme}".into()),
+            ),
             (
                 "shutdown.close_reason",
                 Box::new(|c| c.shutdown.close_reason = "x".repeat(124)),

@@ -7,6 +7,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::deflate::InflateError;
+use crate::state::AbortReason;
+
 /// Why we close a connection from our side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
@@ -16,6 +19,8 @@ pub(crate) enum Cause {
     Utf8,
     /// A frame or message over the configured limit.
     TooBig,
+    /// permessage-deflate data that does not inflate.
+    Compressed,
     /// An error of ours.
     Internal,
     /// No message either way for `idle_timeout`.
@@ -31,11 +36,24 @@ impl Cause {
     pub(crate) fn code(self) -> CloseCode {
         match self {
             Cause::Protocol => CloseCode::Protocol,
-            Cause::Utf8 => CloseCode::Invalid,
+            Cause::Utf8 | Cause::Compressed => CloseCode::Invalid,
             Cause::TooBig => CloseCode::Size,
             Cause::Internal => CloseCode::Error,
             Cause::Idle | Cause::Lifetime => CloseCode::Away,
             Cause::WriteTimeout => CloseCode::Policy,
+        }
+    }
+
+    /// The abort reason a connection failed for this cause ends with.
+    pub(crate) fn abort_reason(self) -> AbortReason {
+        match self {
+            Cause::Compressed => AbortReason::CompressionError,
+            Cause::Idle => AbortReason::IdleTimeout,
+            Cause::Lifetime => AbortReason::MaxLifetime,
+            Cause::WriteTimeout => AbortReason::WriteTimeout,
+            Cause::Protocol | Cause::Utf8 | Cause::TooBig | Cause::Internal => {
+                AbortReason::ProtocolError
+            }
         }
     }
 
@@ -45,6 +63,7 @@ impl Cause {
         match self {
             Cause::Protocol => "Protocol violation",
             Cause::Utf8 => "invalid UTF-8 in text message",
+            Cause::Compressed => "invalid compressed data",
             Cause::TooBig => "message too big",
             Cause::Internal => "internal error",
             Cause::Idle => "idle timeout",
@@ -69,9 +88,13 @@ pub(crate) enum ReadError {
 pub(crate) fn classify(e: &WsError) -> ReadError {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => ReadError::Closed,
-        WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            ReadError::Reset
-        }
+        WsError::Io(io) => match InflateError::from_io(io) {
+            Some(InflateError::Protocol(_)) => ReadError::Fail(Cause::Protocol),
+            Some(InflateError::TooBig) => ReadError::Fail(Cause::TooBig),
+            Some(InflateError::Corrupt) => ReadError::Fail(Cause::Compressed),
+            None => ReadError::Reset,
+        },
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadError::Reset,
         WsError::Utf8(_) => ReadError::Fail(Cause::Utf8),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => ReadError::Fail(Cause::TooBig),
         WsError::Capacity(_) => ReadError::Fail(Cause::TooBig),
@@ -103,6 +126,7 @@ mod tests {
             Protocol,
             Utf8,
             TooBig,
+            Compressed,
             Internal,
             Idle,
             Lifetime,
@@ -135,6 +159,20 @@ mod tests {
                 ProtocolError::ResetWithoutClosingHandshake
             )),
             ReadError::Reset
+        );
+        let inflate =
+            |e: InflateError| WsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        assert_eq!(
+            classify(&inflate(InflateError::Corrupt)),
+            ReadError::Fail(Cause::Compressed)
+        );
+        assert_eq!(
+            classify(&inflate(InflateError::Protocol("x"))),
+            ReadError::Fail(Cause::Protocol)
+        );
+        assert_eq!(
+            classify(&inflate(InflateError::TooBig)),
+            ReadError::Fail(Cause::TooBig)
         );
         assert_eq!(
             classify(&WsError::Protocol(ProtocolError::NonZeroReservedBits)),

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 // tokio's clock, not std's: the same one the timer sleeps on (and that tests can pause).
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use tracing::debug;
 use self::close::{CLOSE_LINGER, Cause, LINGER_IDLE, LINGER_MAX, ReadError, classify};
 use self::deadlines::{Deadlines, Due};
 use self::wire::{SCRATCH, SyncIo, Wire};
+use crate::deflate::{Agreed, Inbound, Outbound};
 use crate::metrics::{Kind, Metrics};
 use crate::settings::Settings;
 use crate::state::{AbortReason, ConnState};
@@ -52,12 +53,22 @@ const LOG_CONTENT_MAX: usize = 128;
 /// close frame: at most this many reads of it.
 const DRAIN_READS: usize = 64;
 
+/// What the opening handshake settled for a connection.
+#[derive(Debug, Default)]
+pub struct Opening {
+    /// Bytes the client sent right behind its upgrade request.
+    pub early: Vec<u8>,
+    /// permessage-deflate, if negotiated.
+    pub deflate: Option<Agreed>,
+    /// A text message to send before any echo (`[websocket] greeting`, filled in).
+    pub greeting: Option<String>,
+}
+
 /// Serves one upgraded connection until it ends, recording its end state on `tracker`.
-/// `early` holds bytes the client sent right behind its upgrade request. `drain` starts a
-/// graceful close with the configured code and reason.
+/// `drain` starts a graceful close with the configured code and reason.
 pub async fn serve<S>(
     io: S,
-    early: Vec<u8>,
+    opening: Opening,
     tracker: &ConnTracker,
     metrics: &Metrics,
     settings: &Settings,
@@ -65,7 +76,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = Connection::new(io, early, tracker, metrics, settings);
+    let mut conn = Connection::new(io, opening, tracker, metrics, settings);
     conn.run(drain).await;
     conn.echo.log_end();
 }
@@ -120,6 +131,8 @@ struct Echo<'a> {
     data: bool,
     /// What it handled.
     counts: Counts,
+    /// The compressing side of permessage-deflate, if negotiated.
+    outbound: Option<Box<Outbound>>,
 }
 
 /// One upgraded connection.
@@ -130,23 +143,46 @@ struct Connection<'a, S> {
     ctx: WebSocketContext,
     /// The echo side.
     echo: Echo<'a>,
+    /// The inflating side of permessage-deflate, if negotiated: below tungstenite.
+    inbound: Option<Box<Inbound>>,
     /// tungstenite may hold whole frames it has not returned yet (a batch stopped early).
     buffered: bool,
+    /// The greeting, until it is sent.
+    greeting: Option<String>,
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     fn new(
         io: S,
-        early: Vec<u8>,
+        opening: Opening,
         tracker: &'a ConnTracker,
         metrics: &'a Metrics,
         settings: &'a Settings,
     ) -> Self {
         tracker.set(ConnState::Open);
-        let buffered = !early.is_empty();
+        let buffered = !opening.early.is_empty();
+        let (inbound, outbound) = match opening.deflate {
+            None => (None, None),
+            Some(agreed) => {
+                metrics.compression_negotiated();
+                let ws = &settings.ws;
+                (
+                    Some(Box::new(Inbound::new(
+                        agreed,
+                        ws.max_frame_size,
+                        ws.max_message_size,
+                    ))),
+                    Some(Box::new(Outbound::new(agreed, settings.compression_level))),
+                )
+            }
+        };
         Connection {
             wire: Wire::new(io),
-            ctx: WebSocketContext::from_partially_read(early, Role::Server, Some(settings.ws)),
+            ctx: WebSocketContext::from_partially_read(
+                opening.early,
+                Role::Server,
+                Some(settings.ws),
+            ),
             echo: Echo {
                 tracker,
                 metrics,
@@ -155,13 +191,21 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 blocked: false,
                 data: false,
                 counts: Counts::default(),
+                outbound,
             },
+            inbound,
             buffered,
+            greeting: opening.greeting,
         }
     }
 
     /// The loop: batches of input, the timer, and the drain, until the connection ends.
     async fn run(&mut self, drain: &CancellationToken) {
+        if let Some(text) = self.greeting.take()
+            && Box::pin(self.greet(text)).await
+        {
+            return;
+        }
         let timer = tokio::time::sleep_until(self.echo.deadlines.next());
         tokio::pin!(timer);
         loop {
@@ -188,6 +232,39 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             // Cheap when nothing moved: tokio only touches the timer wheel on a change.
             timer.as_mut().reset(self.echo.deadlines.next());
         }
+    }
+
+    /// Sends the greeting before anything else. Returns whether the connection is over.
+    async fn greet(&mut self, text: String) -> bool {
+        let len = text.len();
+        if self.echo.settings.count_messages {
+            self.echo.metrics.message_sent(Kind::Text, len);
+        }
+        let step = poll_fn(|cx| {
+            let mut sio = SyncIo::new(&mut self.wire, cx, &[], false);
+            let step =
+                match self
+                    .echo
+                    .queue(&mut self.ctx, &mut sio, Message::text(text.clone()), len)
+                {
+                    Flow::Next => match self.ctx.flush(&mut sio) {
+                        Ok(()) => Step::Continue,
+                        Err(WsError::Io(e)) if e.kind() == WouldBlock => {
+                            self.echo.blocked = true;
+                            Step::Continue
+                        }
+                        Err(e) => Step::Failed(e),
+                    },
+                    Flow::Blocked => {
+                        self.echo.blocked = true;
+                        Step::Continue
+                    }
+                    Flow::End(step) => step,
+                };
+            Poll::Ready(step)
+        })
+        .await;
+        self.after_batch(step).await
     }
 
     /// One batch: output that waited goes out first, then one read of input is fed to
@@ -221,7 +298,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     /// Feeds `input` (then end of file, if `eof`) to tungstenite and answers every message.
     fn feed(&mut self, cx: &mut Context<'_>, input: &[u8], eof: bool) -> Step {
         self.buffered = false;
-        let mut sio = SyncIo::new(&mut self.wire, cx, input, eof);
+        let mut sio =
+            SyncIo::new(&mut self.wire, cx, input, eof).through(self.inbound.as_deref_mut());
         let step = loop {
             let msg = match self.ctx.read(&mut sio) {
                 Ok(msg) => msg,
@@ -268,6 +346,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// After a batch that keeps the connection going: note activity and backpressure.
     fn after_continue(&mut self) {
+        if let Some(inbound) = self.inbound.as_deref_mut() {
+            let (wire, payload) = inbound.take_counts();
+            if payload > 0 || wire > 0 {
+                self.echo.metrics.compressed_received(payload, wire);
+            }
+        }
         let now = Instant::now();
         if std::mem::take(&mut self.echo.data) {
             // Data, not pings and pongs, counts as activity.
@@ -440,7 +524,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         .await;
                 }
                 self.linger().await;
-                self.echo.tracker.aborted(AbortReason::ProtocolError);
+                self.echo.tracker.aborted(cause.abort_reason());
             }
         }
     }
@@ -565,10 +649,28 @@ impl Echo<'_> {
         }
         self.counts.echoed += 1;
         self.data = true;
+        self.queue(ctx, sio, msg, len)
+    }
+
+    /// Queues a data message of `len` payload bytes: compressed when negotiated, small ones
+    /// into tungstenite's buffer, large ones straight to the socket.
+    fn queue<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ctx: &mut WebSocketContext,
+        sio: &mut SyncIo<'_, '_, '_, S>,
+        msg: Message,
+        len: usize,
+    ) -> Flow {
+        if self.outbound.is_some() {
+            return self.send_compressed(ctx, sio, msg);
+        }
         if len >= DIRECT_MIN {
             // tungstenite's buffer must be empty first, so that order is kept.
             match ctx.flush(sio) {
-                Ok(()) => return self.send_direct(sio, msg),
+                Ok(()) => {
+                    let (opcode, payload) = data_of(msg);
+                    return self.send_direct(sio, opcode, false, payload);
+                }
                 Err(WsError::Io(e)) if e.kind() == WouldBlock => {}
                 Err(e) => return Flow::End(Step::Failed(e)),
             }
@@ -581,18 +683,50 @@ impl Echo<'_> {
         }
     }
 
-    fn send_direct<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Compresses the echo and queues it as one frame with RSV1 (RFC 7692 section 6).
+    fn send_compressed<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
+        ctx: &mut WebSocketContext,
         sio: &mut SyncIo<'_, '_, '_, S>,
         msg: Message,
     ) -> Flow {
-        let (opcode, payload) = match msg {
-            Message::Text(t) => (Data::Text, Bytes::from(t)),
-            Message::Binary(b) => (Data::Binary, b),
-            _ => unreachable!("only data messages are echoed"),
-        };
+        let (opcode, payload) = data_of(msg);
+        let outbound = self
+            .outbound
+            .as_deref_mut()
+            .expect("compression negotiated");
+        let mut out = Vec::new();
+        outbound.compress(&payload, &mut out);
+        self.metrics
+            .compressed_sent(payload.len() as u64, out.len() as u64);
+        let compressed = Bytes::from(out);
+        if compressed.len() >= DIRECT_MIN {
+            match ctx.flush(sio) {
+                Ok(()) => return self.send_direct(sio, opcode, true, compressed),
+                Err(WsError::Io(e)) if e.kind() == WouldBlock => {}
+                Err(e) => return Flow::End(Step::Failed(e)),
+            }
+        }
+        let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
+        frame.header_mut().rsv1 = true;
+        match ctx.write(sio, Message::Frame(frame)) {
+            Ok(()) => Flow::Next,
+            Err(WsError::Io(e)) if e.kind() == WouldBlock => Flow::Blocked,
+            Err(e) => Flow::End(Step::Failed(e)),
+        }
+    }
+
+    /// Writes one frame (`opcode`, `rsv1`, `payload`) straight to the socket.
+    fn send_direct<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sio: &mut SyncIo<'_, '_, '_, S>,
+        opcode: Data,
+        rsv1: bool,
+        payload: Bytes,
+    ) -> Flow {
         let header = FrameHeader {
             opcode: OpCode::Data(opcode),
+            rsv1,
             ..FrameHeader::default()
         };
         let mut buf = [0u8; 10];
@@ -627,6 +761,15 @@ impl Echo<'_> {
             discarded = c.discarded,
             "connection ended"
         );
+    }
+}
+
+/// The opcode and payload of a data message.
+fn data_of(msg: Message) -> (Data, Bytes) {
+    match msg {
+        Message::Text(t) => (Data::Text, Bytes::from(t)),
+        Message::Binary(b) => (Data::Binary, b),
+        _ => unreachable!("only data messages are echoed"),
     }
 }
 

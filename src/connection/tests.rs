@@ -45,7 +45,7 @@ async fn start_with(settings: Settings, pipe: usize) -> Harness {
         let (metrics, drain) = (metrics.clone(), drain.clone());
         tokio::spawn(async move {
             let tracker = ConnTracker::new(metrics.clone());
-            serve(a, Vec::new(), &tracker, &metrics, &settings, &drain).await;
+            serve(a, Opening::default(), &tracker, &metrics, &settings, &drain).await;
             let state = tracker.state();
             let reason = AbortReason::ALL
                 .into_iter()
@@ -300,7 +300,7 @@ async fn a_message_before_the_fin_is_still_echoed() {
             let settings = Settings::default();
             serve(
                 a,
-                Vec::new(),
+                Opening::default(),
                 &tracker,
                 &metrics,
                 &settings,
@@ -376,7 +376,7 @@ async fn data_after_our_close_frame_is_discarded_and_counted() {
             let tracker = ConnTracker::new(metrics.clone());
             serve(
                 a,
-                Vec::new(),
+                Opening::default(),
                 &tracker,
                 &metrics,
                 &Settings::default(),
@@ -510,4 +510,220 @@ async fn a_peer_that_never_reads_is_aborted_after_write_timeout() {
     assert_eq!(e, aborted(AbortReason::WriteTimeout));
     let took = t0.elapsed() - blocked_at;
     assert!(took <= Duration::from_secs(31), "{took:?}");
+}
+
+mod compressed {
+    //! permessage-deflate on the echo loop, with a client that speaks it by hand.
+
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+
+    use super::*;
+    use crate::deflate::Agreed;
+
+    const AGREED: Agreed = Agreed {
+        server_window_bits: 15,
+        client_window_bits: 15,
+        server_no_context_takeover: true,
+        client_no_context_takeover: false,
+    };
+
+    /// A masked client frame with first byte `b0`.
+    fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [9u8, 8, 7, 6];
+        let mut f = vec![b0];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    fn deflate(c: &mut Compress, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() * 2 + 1024);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        if out.ends_with(&[0, 0, 0xff, 0xff]) {
+            out.truncate(out.len() - 4);
+        }
+        out
+    }
+
+    fn inflate(payload: &[u8]) -> Vec<u8> {
+        // Our side resets after every message: each inflates alone.
+        let mut d = Decompress::new(false);
+        let input = [payload, &[0, 0, 0xff, 0xff]].concat();
+        let mut out = Vec::with_capacity(4 << 20);
+        d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        out
+    }
+
+    /// One server frame: (first byte, payload).
+    async fn server_frame(b: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        b.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut e = [0u8; 2];
+                b.read_exact(&mut e).await.unwrap();
+                u64::from(u16::from_be_bytes(e))
+            }
+            127 => {
+                let mut e = [0u8; 8];
+                b.read_exact(&mut e).await.unwrap();
+                u64::from_be_bytes(e)
+            }
+            n => u64::from(n),
+        };
+        let mut p = vec![0u8; len as usize];
+        b.read_exact(&mut p).await.unwrap();
+        (h[0], p)
+    }
+
+    /// The loop with compression agreed, on one end of a pipe; the raw other end.
+    fn start(settings: Settings) -> (DuplexStream, Arc<Metrics>, tokio::task::JoinHandle<End>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let metrics = Arc::new(Metrics::new());
+        let server = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let tracker = ConnTracker::new(metrics.clone());
+                let opening = Opening {
+                    deflate: Some(AGREED),
+                    ..Opening::default()
+                };
+                serve(
+                    a,
+                    opening,
+                    &tracker,
+                    &metrics,
+                    &settings,
+                    &CancellationToken::new(),
+                )
+                .await;
+                let state = tracker.state();
+                let reason = AbortReason::ALL
+                    .into_iter()
+                    .find(|r| metrics.aborted_for(*r) > 0);
+                End { state, reason }
+            })
+        };
+        (b, metrics, server)
+    }
+
+    #[tokio::test]
+    async fn compressed_and_plain_messages_are_echoed_compressed() {
+        let (mut b, metrics, _server) = start(Settings::default());
+        let mut c = Compress::new(Compression::new(6), false);
+        let text = "안녕하세요, wsechod! ".repeat(4000);
+        let binary: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let cases = [
+            (
+                0xc1,
+                deflate(&mut c, text.as_bytes()),
+                0x1,
+                text.as_bytes().to_vec(),
+            ),
+            (0xc2, deflate(&mut c, &binary), 0x2, binary.clone()),
+            (0x82, b"plain".to_vec(), 0x2, b"plain".to_vec()),
+            (0xc1, deflate(&mut c, b""), 0x1, Vec::new()),
+        ];
+        for (b0, payload, op, want) in cases {
+            b.write_all(&frame(b0, &payload)).await.unwrap();
+            let (h, p) = server_frame(&mut b).await;
+            assert_eq!(h, 0xc0 | op, "FIN, RSV1, opcode {op}");
+            assert_eq!(inflate(&p), want);
+        }
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(
+            text.contains("wsechod_connections_compressed_total 1"),
+            "{text}"
+        );
+        let v = |series: &str| crate_metric(&text, series);
+        assert!(v("wsechod_compression_wire_bytes_total{direction=\"received\"}") > 0.0);
+        assert!(
+            v("wsechod_compression_payload_bytes_total{direction=\"sent\"}")
+                > v("wsechod_compression_wire_bytes_total{direction=\"sent\"}")
+        );
+    }
+
+    fn crate_metric(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fragmented_compressed_message_with_a_ping_inside() {
+        let (mut b, _metrics, _server) = start(Settings::default());
+        let mut c = Compress::new(Compression::new(6), false);
+        let msg = "fragmented ".repeat(1000);
+        let z = deflate(&mut c, msg.as_bytes());
+        let (x, y) = z.split_at(z.len() / 2);
+        b.write_all(&frame(0x41, x)).await.unwrap(); // text, RSV1, more to come
+        b.write_all(&frame(0x89, b"hi")).await.unwrap(); // ping
+        b.write_all(&frame(0x80, y)).await.unwrap(); // continuation, FIN
+        assert_eq!(
+            server_frame(&mut b).await,
+            (0x8a, b"hi".to_vec()),
+            "the pong, plain"
+        );
+        let (h, p) = server_frame(&mut b).await;
+        assert_eq!(h, 0xc1);
+        assert_eq!(inflate(&p), msg.as_bytes());
+    }
+
+    /// The close code and reason the server sends for `input`, and how it ended.
+    async fn close_for(settings: Settings, input: Vec<u8>) -> (u16, End) {
+        let (mut b, _metrics, server) = start(settings);
+        b.write_all(&input).await.unwrap();
+        let (h, p) = server_frame(&mut b).await;
+        assert_eq!(h, 0x88, "a close frame");
+        b.shutdown().await.unwrap();
+        let end = tokio::time::timeout(PATIENCE, server)
+            .await
+            .unwrap()
+            .unwrap();
+        (u16::from_be_bytes([p[0], p[1]]), end)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bombs_corrupt_data_and_misplaced_rsv1_get_their_close_codes() {
+        let mut c = Compress::new(Compression::new(9), false);
+        let bomb = deflate(&mut c, &vec![0u8; 8 << 20]);
+        assert!(bomb.len() < 16 * 1024);
+        let small = settings(|c| c.websocket.max_message_size = ByteSize(1 << 20));
+        assert_eq!(
+            close_for(small, frame(0xc2, &bomb)).await,
+            (1009, aborted(AbortReason::ProtocolError))
+        );
+        assert_eq!(
+            close_for(Settings::default(), frame(0xc1, &[0xff; 16])).await,
+            (1007, aborted(AbortReason::CompressionError))
+        );
+        assert_eq!(
+            close_for(Settings::default(), frame(0xc9, b"")).await,
+            (1002, aborted(AbortReason::ProtocolError))
+        );
+    }
+}
+
+#[tokio::test]
+async fn rsv1_without_negotiated_compression_is_1002() {
+    let mut h = start(Settings::default()).await;
+    let mut f = Frame::message(vec![1u8], OpCode::Data(Data::Binary), true);
+    f.header_mut().rsv1 = true;
+    h.client.send(Message::Frame(f)).await.unwrap();
+    assert_eq!(recv_close(&mut h.client).await.code, CloseCode::Protocol);
 }

@@ -23,6 +23,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Bytes;
 
+use crate::deflate::Inbound;
+
 /// Bytes read from the socket at once.
 pub(crate) const SCRATCH_LEN: usize = 64 * 1024;
 
@@ -149,6 +151,8 @@ pub(crate) struct SyncIo<'w, 'c, 'i, S> {
     pos: usize,
     /// The socket is at end of file once `input` is consumed.
     eof: bool,
+    /// The permessage-deflate rewriter the input goes through, if negotiated.
+    inbound: Option<&'w mut Inbound>,
 }
 
 impl<'w, 'c, 'i, S: AsyncRead + AsyncWrite + Unpin> SyncIo<'w, 'c, 'i, S> {
@@ -165,7 +169,14 @@ impl<'w, 'c, 'i, S: AsyncRead + AsyncWrite + Unpin> SyncIo<'w, 'c, 'i, S> {
             input,
             pos: 0,
             eof,
+            inbound: None,
         }
+    }
+
+    /// The same, reading through `inbound` (permessage-deflate) when there is one.
+    pub(crate) fn through(mut self, inbound: Option<&'w mut Inbound>) -> Self {
+        self.inbound = inbound;
+        self
     }
 
     /// The input tungstenite has not read.
@@ -188,6 +199,9 @@ fn would_block<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Read for SyncIo<'_, '_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(inbound) = self.inbound.as_deref_mut() {
+            return inbound.read(self.input, &mut self.pos, self.eof, buf);
+        }
         let rest = &self.input[self.pos..];
         if rest.is_empty() {
             return if self.eof {

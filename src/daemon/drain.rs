@@ -129,7 +129,7 @@ mod tests {
             let abort = s.abort.clone();
             tokio::select! {
                 () = abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
-                () = crate::connection::serve(a, Vec::new(), &tracker, &s.metrics, &settings, &s.drain) => {}
+                () = crate::connection::serve(a, crate::connection::Opening::default(), &tracker, &s.metrics, &settings, &s.drain) => {}
             }
         });
         WebSocketStream::from_raw_socket(b, Role::Client, None).await

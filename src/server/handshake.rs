@@ -14,14 +14,19 @@ use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tracing::debug;
 
-use crate::http::{self, Decision, Limit};
+use crate::connection::Opening;
+use crate::deflate::Agreed;
+use crate::greeting::Facts;
+use crate::http::{self, Decision};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::state::AbortReason;
 use crate::tracker::ConnTracker;
+
+use super::Accepted;
+use super::sniff::Prefixed;
 
 /// What the request handler found, left for us by the hyper service.
 enum Outcome {
@@ -29,27 +34,29 @@ enum Outcome {
     NoRequest,
     /// The request was answered with an error status.
     Rejected,
-    /// 101: the socket comes back once hyper has written the response.
-    Upgrade(hyper::upgrade::OnUpgrade),
+    /// The request fetched the console page.
+    Page,
+    /// 101: the socket comes back once hyper has written the response; with
+    /// permessage-deflate if it was agreed.
+    Upgrade(hyper::upgrade::OnUpgrade, Option<Agreed>),
 }
 
-/// The socket after a 101, with the bytes the client sent right behind its request.
+/// The socket after a 101, and what the handshake settled.
 pub(crate) struct Upgraded<IO> {
     /// The socket, taken back from hyper.
     pub(crate) io: IO,
-    /// Bytes hyper read past the request.
-    pub(crate) early: Vec<u8>,
+    /// Bytes hyper read past the request, and the negotiated extension.
+    pub(crate) opening: Opening,
 }
 
 /// Runs the HTTP exchange on `io` until `deadline`. Returns the socket after a 101, or
 /// `None` after recording why the connection ended.
 pub(crate) async fn upgrade<IO>(
-    io: IO,
-    deadline: Instant,
+    io: Prefixed<IO>,
+    accepted: &Accepted,
     tracker: &ConnTracker,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    limit: Limit,
 ) -> Option<Upgraded<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -59,10 +66,15 @@ where
         let outcome = outcome.clone();
         let metrics = metrics.clone();
         let policy = settings.policy.clone();
+        let limit = accepted.limit;
         service_fn(move |mut req: Request<Incoming>| {
             let decision = http::decide(&req, &policy, limit);
             let next = match &decision {
-                Decision::Upgrade { .. } => Outcome::Upgrade(hyper::upgrade::on(&mut req)),
+                Decision::Upgrade { deflate, .. } => Outcome::Upgrade(
+                    hyper::upgrade::on(&mut req),
+                    deflate.as_ref().map(|d| d.agreed),
+                ),
+                Decision::Page { .. } => Outcome::Page,
                 Decision::Reject(r) => {
                     debug!(
                         status = r.status.as_u16(),
@@ -90,7 +102,7 @@ where
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    match tokio::time::timeout_at(deadline, conn).await {
+    match tokio::time::timeout_at(accepted.deadline, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             if e.is_parse_too_large() {
@@ -110,10 +122,14 @@ where
         &mut *outcome.lock().unwrap_or_else(|e| e.into_inner()),
         Outcome::NoRequest,
     );
-    let pending = match outcome {
-        Outcome::Upgrade(pending) => pending,
+    let (pending, deflate) = match outcome {
+        Outcome::Upgrade(pending, deflate) => (pending, deflate),
         Outcome::Rejected => {
             tracker.aborted(AbortReason::HandshakeRejected);
+            return None;
+        }
+        Outcome::Page => {
+            tracker.aborted(AbortReason::ConsolePage);
             return None;
         }
         Outcome::NoRequest => {
@@ -132,14 +148,30 @@ where
     };
     // Take our own socket back from hyper: no boxed, dynamically dispatched I/O on the
     // message path. Bytes the client sent right behind its request are handed on.
-    match upgraded.downcast::<TokioIo<IO>>() {
+    match upgraded.downcast::<TokioIo<Prefixed<IO>>>() {
         Ok(parts) => {
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-            // A copy, so that hyper's read buffer (which `read_buf` points into) is freed.
-            let early = read_buf.to_vec();
+            // What hyper read past the request, then what the sniffer read and hyper did
+            // not (stream order); copied, so that hyper's read buffer (which `read_buf`
+            // points into) is freed.
+            let (io, rest) = io.into_inner().into_parts();
+            let mut early = read_buf.to_vec();
+            early.extend_from_slice(&rest);
+            let greeting = settings.greeting.as_ref().map(|g| {
+                g.render(&Facts {
+                    conn_id: accepted.id,
+                    peer: accepted.peer,
+                    local: accepted.local,
+                    protocol: "HTTP/1.1",
+                })
+            });
             Some(Upgraded {
-                io: io.into_inner(),
-                early,
+                io,
+                opening: Opening {
+                    early,
+                    deflate,
+                    greeting,
+                },
             })
         }
         Err(_) => {

@@ -10,8 +10,10 @@
 //! - per-connection errors stay in the connection: they are logged at debug level in its
 //!   span and never reach the accept loop.
 
+mod h2;
 mod handshake;
 mod limits;
+mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +30,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use self::limits::{Admission, Counts};
+use self::sniff::{Prefixed, Protocol};
 use crate::connection;
 use crate::http::Limit;
+use crate::metrics::Http;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::state::AbortReason;
@@ -74,6 +78,21 @@ impl Shared {
     }
 }
 
+/// What the accept loop knows about a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// Its id in the logs (`conn{id}`).
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address it connected to.
+    pub local: SocketAddr,
+    /// The limit it is over, if any (answered with 503 or 429 instead of 101).
+    pub limit: Limit,
+    /// When its TLS and HTTP handshake must be done.
+    pub deadline: Instant,
+}
+
 /// Accepts connections on `listener` until `stop` is cancelled, then drops the listener so
 /// that new connection attempts are refused. `probes` lets the watchdog check that this
 /// loop is alive.
@@ -92,7 +111,7 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = info_span!("conn", id, %peer);
-                    let task = Handler::new(stream, peer, shared.clone()).run();
+                    let task = Handler::new(id, stream, peer, shared.clone()).run();
                     shared.tasks.spawn(task.instrument(span));
                 }
                 Err(e) => {
@@ -116,14 +135,14 @@ struct Handler {
     shared: Arc<Shared>,
     /// This connection's place in the connection counts.
     _admission: Admission,
-    /// The limit it is over, if any (answered with 503 or 429 instead of 101).
-    limit: Limit,
+    /// Who it is and the limit it is over.
+    accepted: Accepted,
     /// Its state, mirrored in the gauges.
     tracker: ConnTracker,
 }
 
 impl Handler {
-    fn new(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+    fn new(id: u64, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         let settings = shared.settings.load_full();
         let tracker = ConnTracker::new(shared.metrics.clone());
         let (admission, limit) = Admission::take(
@@ -133,12 +152,20 @@ impl Handler {
             settings.max_connections_per_ip,
         );
         let _ = stream.set_nodelay(true);
+        let accepted = Accepted {
+            id,
+            peer,
+            local: stream.local_addr().unwrap_or(peer),
+            limit,
+            // One deadline for TLS and HTTP together.
+            deadline: Instant::now() + settings.handshake_timeout,
+        };
         Handler {
             stream,
             settings,
             shared,
             _admission: admission,
-            limit,
+            accepted,
             tracker,
         }
     }
@@ -150,39 +177,40 @@ impl Handler {
             settings,
             shared,
             _admission,
-            limit,
+            accepted,
             tracker,
         } = self;
         let abort = shared.abort.clone();
         tokio::select! {
             biased;
             () = abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
-            () = serve(stream, &tracker, &settings, &shared, limit) => {}
+            () = serve(stream, &accepted, &tracker, &settings, &shared) => {}
         }
     }
 }
 
 async fn serve(
     stream: TcpStream,
+    accepted: &Accepted,
     tracker: &ConnTracker,
-    settings: &Settings,
-    shared: &Shared,
-    limit: Limit,
+    settings: &Arc<Settings>,
+    shared: &Arc<Shared>,
 ) {
-    // One deadline for TLS and HTTP together.
-    let deadline = Instant::now() + settings.handshake_timeout;
     match &settings.tls {
-        None => serve_io(stream, deadline, tracker, settings, shared, limit).await,
+        None => serve_io(stream, accepted, tracker, settings, shared).await,
         // Boxed: TLS state is large, and plain connections should not carry its size.
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream));
-            match Box::pin(accepted).await {
+            let handshake = tokio::time::timeout_at(accepted.deadline, acceptor.accept(stream));
+            match Box::pin(handshake).await {
                 Ok(Ok(tls_stream)) => {
-                    Box::pin(serve_io(
-                        tls_stream, deadline, tracker, settings, shared, limit,
-                    ))
-                    .await;
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    if h2 {
+                        Box::pin(h2::serve(tls_stream, accepted, tracker, settings, shared)).await;
+                    } else {
+                        let io = Prefixed::new(Vec::new(), tls_stream);
+                        Box::pin(serve_http1(io, accepted, tracker, settings, shared)).await;
+                    }
                 }
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
@@ -197,15 +225,42 @@ async fn serve(
     }
 }
 
-/// The HTTP exchange, then the WebSocket, on any byte stream (TCP, TLS, or a test's
-/// in-memory pipe).
+/// A cleartext connection on any byte stream (TCP, or a test's in-memory pipe): HTTP/2
+/// with prior knowledge when it opens with the preface and HTTP/2 is on, else the
+/// HTTP/1.1 handshake, then the WebSocket.
 pub async fn serve_io<IO>(
     io: IO,
-    deadline: Instant,
+    accepted: &Accepted,
+    tracker: &ConnTracker,
+    settings: &Arc<Settings>,
+    shared: &Arc<Shared>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if settings.http2.is_none() {
+        let io = Prefixed::new(Vec::new(), io);
+        return serve_http1(io, accepted, tracker, settings, shared).await;
+    }
+    let sniffed = tokio::time::timeout_at(accepted.deadline, sniff::sniff(io)).await;
+    match sniffed {
+        Ok((Protocol::Http2, io)) => {
+            Box::pin(h2::serve(io, accepted, tracker, settings, shared)).await;
+        }
+        Ok((Protocol::Http1, io)) => serve_http1(io, accepted, tracker, settings, shared).await,
+        Err(_) => {
+            debug!("nothing to tell the protocol by within the handshake timeout");
+            tracker.aborted(AbortReason::HandshakeFailed);
+        }
+    }
+}
+
+/// The HTTP/1.1 exchange, then the WebSocket.
+async fn serve_http1<IO>(
+    io: Prefixed<IO>,
+    accepted: &Accepted,
     tracker: &ConnTracker,
     settings: &Settings,
     shared: &Shared,
-    limit: Limit,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -213,20 +268,20 @@ pub async fn serve_io<IO>(
     // should not stay in every open connection's task.
     let upgraded = Box::pin(handshake::upgrade(
         io,
-        deadline,
+        accepted,
         tracker,
         settings,
         &shared.metrics,
-        limit,
     ))
     .await;
     let Some(up) = upgraded else {
         return;
     };
+    shared.metrics.handshake_completed(Http::V1);
     debug!("WebSocket open");
     connection::serve(
         up.io,
-        up.early,
+        up.opening,
         tracker,
         &shared.metrics,
         settings,

@@ -16,7 +16,9 @@ use tokio::sync::Semaphore;
 use crate::EchoArgs;
 use crate::proc::{Window, sample_at, secs};
 use crate::report::{Errors, Report, latency_fields, nanos, round};
-use crate::target::{BINARY, MASK, TEXT, Target, frame, payload};
+use crate::target::{
+    BINARY, Kind, TEXT, Target, bad, client_frame, inflate, json, payload, read_frame,
+};
 
 struct Plan {
     /// K copies of the client frame, back to back.
@@ -47,14 +49,17 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
-    let target = Arc::new(Target::parse(&common.url, source_ips)?);
+    let target = Arc::new(Target::parse(&common.url, source_ips, common.deflate)?);
     if args.inflight == 0 || common.conns == 0 {
         return Err("--conns and --inflight must be at least 1".into());
     }
     let opcode = if args.text { TEXT } else { BINARY };
-    let body = payload(args.size, args.text);
-    let client_frame = frame(opcode, &body, Some(MASK));
-    let reply = target.reply_for(opcode, &body);
+    let body = if args.json {
+        json(args.size)
+    } else {
+        payload(args.size, args.text)
+    };
+    let client_frame = client_frame(opcode, &body, target.deflate);
 
     // Connect and upgrade every connection before the clock starts.
     let connect_started = Instant::now();
@@ -92,6 +97,16 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
         ));
     }
     let connect_secs = connect_started.elapsed().as_secs_f64();
+    // The reply to every message is the same bytes. Compressed by the server, learn them
+    // from one echo (checked by inflating it); else they are known in advance.
+    let reply = if target.deflate && target.kind == Kind::Ws {
+        let (stream, pending) = &mut streams[0];
+        learn_reply(stream, pending, &client_frame, opcode, &body, timeout).await?
+    } else if target.deflate {
+        client_frame.clone()
+    } else {
+        target.reply_for(opcode, &body)
+    };
 
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + secs(args.warmup);
@@ -134,6 +149,7 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
     report.set("duration_s", args.duration);
     report.set("connect_s", round(connect_secs, 3));
     report.set("frame_bytes_sent", client_frame.len());
+    report.set("deflate", target.deflate);
     report.set("frame_bytes_received", plan.reply.len());
     report.set("msgs", msgs);
     let rate = msgs as f64 / args.duration.max(1e-9);
@@ -153,6 +169,32 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
         errors.count,
     );
     Ok(report)
+}
+
+/// Sends one message and returns the server's frame for it, after checking that it carries
+/// RSV1 and inflates to what was sent.
+async fn learn_reply(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    client_frame: &[u8],
+    opcode: u8,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(timeout, async {
+        stream.write_all(client_frame).await?;
+        let (b0, wire, payload) = read_frame(stream, pending).await?;
+        if b0 != 0xc0 | opcode {
+            return Err(bad(format!("echo frame starts {b0:#04x}, not compressed")));
+        }
+        if inflate(&payload)? != body {
+            return Err(bad("the compressed echo does not inflate to what was sent"));
+        }
+        Ok(wire)
+    })
+    .await
+    .map_err(|_| "no echo to learn the reply from".to_string())?
+    .map_err(|e| format!("learning the reply: {e}"))
 }
 
 /// Drives one connection until the end of the window.

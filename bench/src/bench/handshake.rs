@@ -36,7 +36,7 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
-    let target = Target::parse(&common.url, source_ips)?;
+    let target = Target::parse(&common.url, source_ips, common.deflate)?;
     if common.conns == 0 {
         return Err("--conns must be at least 1".into());
     }

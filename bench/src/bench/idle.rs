@@ -5,12 +5,66 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::IdleArgs;
 use crate::proc::{Sample, Window, rss_kib, secs};
 use crate::report::{Errors, Report, round};
-use crate::target::{BINARY, MASK, Target, frame, payload};
+use crate::target::{BINARY, Kind, TEXT, Target, bad, client_frame, inflate, json, payload, read_frame};
+
+/// One message a connection sends, and how its echo is checked.
+struct Message {
+    /// The client frame.
+    sent: Vec<u8>,
+    /// The payload it carries (uncompressed).
+    body: Vec<u8>,
+    opcode: u8,
+    /// The echo comes back compressed and is checked by inflating it.
+    deflate: bool,
+    /// For a raw TCP echo: the very same bytes.
+    tcp: bool,
+}
+
+impl Message {
+    fn new(target: &Target, opcode: u8, body: Vec<u8>) -> Self {
+        Message {
+            sent: client_frame(opcode, &body, target.deflate),
+            body,
+            opcode,
+            deflate: target.deflate,
+            tcp: target.kind == Kind::Tcp,
+        }
+    }
+
+    /// Sends it and checks the echo.
+    async fn echo(&self, s: &mut TcpStream) -> std::io::Result<()> {
+        s.write_all(&self.sent).await?;
+        if self.tcp {
+            let mut got = vec![0u8; self.sent.len()];
+            s.read_exact(&mut got).await?;
+            return if got == self.sent {
+                Ok(())
+            } else {
+                Err(bad("wrong echo"))
+            };
+        }
+        let mut pending = Vec::new();
+        let (b0, _, payload) = read_frame(s, &mut pending).await?;
+        let body = if self.deflate {
+            if b0 != 0xc0 | self.opcode {
+                return Err(bad("an uncompressed echo"));
+            }
+            inflate(&payload)?
+        } else {
+            payload
+        };
+        if b0 & 0x0f != self.opcode || body != self.body || !pending.is_empty() {
+            return Err(bad("wrong echo"));
+        }
+        Ok(())
+    }
+}
 
 enum Outcome {
     /// Could not be opened.
@@ -27,7 +81,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
-    let target = Arc::new(Target::parse(&common.url, source_ips)?);
+    let target = Arc::new(Target::parse(&common.url, source_ips, common.deflate)?);
     let pid = common.server_pid;
     let rss = |what: &str| -> Result<Option<u64>, String> {
         pid.map(rss_kib)
@@ -35,9 +89,10 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
             .map_err(|e| format!("server RSS {what}: {e}"))
     };
     let rss_before = rss("before opening")?;
-    let probe = payload(32, false);
-    let probe_sent = Arc::new(frame(BINARY, &probe, Some(MASK)));
-    let probe_reply = Arc::new(target.reply_for(BINARY, &probe));
+    let probe = Arc::new(Message::new(&target, BINARY, payload(32, false)));
+    let first = args
+        .echo_first
+        .map(|size| Arc::new(Message::new(&target, TEXT, json(size))));
 
     let before_open = Sample::take(pid);
     let gate = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
@@ -48,12 +103,15 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
     for i in 0..common.conns {
         let (target, gate, opened) = (target.clone(), gate.clone(), opened_tx.clone());
         let mut release = release_rx.clone();
-        let (sent, reply) = (probe_sent.clone(), probe_reply.clone());
+        let (probe, first) = (probe.clone(), first.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let open = tokio::time::timeout(timeout, async {
                 let mut s = target.connect(i).await?;
                 let rest = target.upgrade(&mut s).await?;
+                if let Some(m) = &first {
+                    m.echo(&mut s).await?;
+                }
                 Ok::<_, std::io::Error>((s, rest))
             })
             .await;
@@ -88,23 +146,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
                 }
                 _ = release.wait_for(|r| *r) => {}
             }
-            let check = tokio::time::timeout(timeout, async {
-                s.write_all(&sent).await?;
-                let mut got = Vec::with_capacity(reply.len());
-                while got.len() < reply.len() {
-                    let n = s.read(&mut buf).await?;
-                    if n == 0 {
-                        return Err(std::io::Error::other("closed instead of echoing"));
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                }
-                if got == *reply {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::other("wrong echo after the hold"))
-                }
-            })
-            .await;
+            let check = tokio::time::timeout(timeout, probe.echo(&mut s)).await;
             match check {
                 Ok(Ok(())) => Outcome::Alive,
                 Ok(Err(e)) => Outcome::Failed(e.to_string()),

@@ -66,6 +66,10 @@ pub struct Common {
     /// KEY=VALUE added to the RESULT line as a string (repeatable), e.g. server=wsechod.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Offer permessage-deflate as browsers do (and require it), and send compressed
+    /// messages (RSV1). A tcp:// target gets the same compressed frames.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 impl Common {
@@ -87,6 +91,9 @@ pub struct EchoArgs {
     /// Send text messages (ASCII payload) instead of binary ones.
     #[arg(long)]
     pub text: bool,
+    /// With --text: JSON-like text (an array of small records) instead of a letter cycle.
+    #[arg(long, requires = "text")]
+    pub json: bool,
     /// Measured window in seconds.
     #[arg(short = 'd', long, default_value_t = 5.0)]
     pub duration: f64,
@@ -123,6 +130,10 @@ pub struct IdleArgs {
     /// Give up opening connections after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub open_timeout: f64,
+    /// Have every connection echo one message of this many bytes (1 KiB of JSON-like text,
+    /// compressed with --deflate) right after opening, before the memory is measured.
+    #[arg(long)]
+    pub echo_first: Option<usize>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

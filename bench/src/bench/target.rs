@@ -33,10 +33,12 @@ pub struct Target {
     path: String,
     /// Source addresses to spread over; empty means the kernel's choice.
     sources: Vec<IpAddr>,
+    /// Offer (and require) permessage-deflate in the upgrade.
+    pub deflate: bool,
 }
 
 impl Target {
-    pub fn parse(url: &str, source_ips: u8) -> Result<Target, String> {
+    pub fn parse(url: &str, source_ips: u8, deflate: bool) -> Result<Target, String> {
         let (kind, rest) = if let Some(r) = url.strip_prefix("ws://") {
             (Kind::Ws, r)
         } else if let Some(r) = url.strip_prefix("tcp://") {
@@ -71,6 +73,7 @@ impl Target {
             host: authority.to_owned(),
             path: path.to_owned(),
             sources,
+            deflate,
         })
     }
 
@@ -115,9 +118,15 @@ impl Target {
         if self.kind == Kind::Tcp {
             return Ok(Vec::new());
         }
+        // What Chromium offers.
+        let offer = if self.deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
             self.path, self.host
         );
         stream.write_all(request.as_bytes()).await?;
@@ -146,14 +155,24 @@ impl Target {
         if !status.starts_with("HTTP/1.1 101") {
             return Err(bad(format!("upgrade refused: {status}")));
         }
-        let accept = lines.find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("sec-websocket-accept")
-                .then(|| value.trim().to_owned())
-        });
-        if accept.as_deref() != Some(ACCEPT) {
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                Some((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            })
+            .collect();
+        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let accept = header("sec-websocket-accept");
+        if accept != Some(ACCEPT) {
             return Err(bad(format!("wrong Sec-WebSocket-Accept {accept:?}")));
+        }
+        let negotiated = header("sec-websocket-extensions")
+            .is_some_and(|e| e.starts_with("permessage-deflate"));
+        if negotiated != self.deflate {
+            return Err(bad(format!(
+                "permessage-deflate offered: {}, negotiated: {negotiated}",
+                self.deflate
+            )));
         }
         Ok(buf[end..].to_vec())
     }
@@ -178,8 +197,22 @@ pub const CLOSE: u8 = 0x8;
 
 /// One final frame; masked (a client frame) when `mask` is given.
 pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    frame_rsv(opcode, false, payload, mask)
+}
+
+/// The client frame of one message: compressed (RSV1) when `deflate`.
+pub fn client_frame(opcode: u8, payload: &[u8], deflate: bool) -> Vec<u8> {
+    if deflate {
+        frame_rsv(opcode, true, &compress(payload), Some(MASK))
+    } else {
+        frame(opcode, payload, Some(MASK))
+    }
+}
+
+/// One final frame with RSV1 as given.
+pub fn frame_rsv(opcode: u8, rsv1: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
+    out.push(0x80 | if rsv1 { 0x40 } else { 0 } | opcode);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let len = payload.len();
     if len < 126 {
@@ -201,6 +234,73 @@ pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
+/// The trailer RFC 7692 strips from (and appends to) every compressed message.
+const TRAILER: [u8; 4] = [0, 0, 0xff, 0xff];
+
+/// `data` as one permessage-deflate message: raw deflate, sync-flushed, trailer removed.
+/// Each message stands alone (no context taken over), so the same bytes can be sent again.
+pub fn compress(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(1), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .expect("deflate");
+    out.truncate(out.len().saturating_sub(TRAILER.len()));
+    out
+}
+
+/// Inflates one permessage-deflate message (each inflated alone: the server under test
+/// resets its compressor per message by default).
+pub fn inflate(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut d = flate2::Decompress::new(false);
+    let input = [payload, &TRAILER].concat();
+    let mut out = Vec::with_capacity(payload.len() * 8 + 1024);
+    loop {
+        let before = d.total_in();
+        d.decompress_vec(&input[before as usize..], &mut out, flate2::FlushDecompress::Sync)
+            .map_err(|e| bad(format!("inflate: {e}")))?;
+        if d.total_in() as usize == input.len() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+/// Reads one whole server frame: (first byte, its bytes on the wire, payload). `pending`
+/// holds bytes already read; what follows the frame stays in it.
+pub async fn read_frame(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+) -> io::Result<(u8, Vec<u8>, Vec<u8>)> {
+    loop {
+        if pending.len() >= 2 {
+            let (ext, len7) = match pending[1] & 0x7f {
+                126 => (2, None),
+                127 => (8, None),
+                n => (0, Some(u64::from(n))),
+            };
+            if pending.len() >= 2 + ext {
+                let len = len7.unwrap_or_else(|| {
+                    pending[2..2 + ext]
+                        .iter()
+                        .fold(0u64, |a, b| (a << 8) | u64::from(*b))
+                }) as usize;
+                let total = 2 + ext + len;
+                if pending.len() >= total {
+                    let wire: Vec<u8> = pending.drain(..total).collect();
+                    let payload = wire[2 + ext..].to_vec();
+                    return Ok((wire[0], wire, payload));
+                }
+            }
+        }
+        let mut buf = [0u8; 16384];
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(bad("closed in the middle of a frame"));
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A payload of `size` bytes: ASCII letters for text, a fixed pseudo-random pattern for binary.
 pub fn payload(size: usize, text: bool) -> Vec<u8> {
     if text {
@@ -216,6 +316,24 @@ pub fn payload(size: usize, text: bool) -> Vec<u8> {
             })
             .collect()
     }
+}
+
+/// `size` bytes of JSON-like text: an array of small records, cut to length.
+pub fn json(size: usize) -> Vec<u8> {
+    let mut s = String::from("[");
+    let mut i = 0u32;
+    while s.len() < size {
+        s.push_str(&format!(
+            "{{\"id\":{i},\"user\":\"user-{:05}\",\"active\":{},\"score\":{}.{},\"tags\":[\"alpha\",\"beta\"]}},",
+            i * 7919 % 100_000,
+            i % 3 == 0,
+            i % 100,
+            i * 37 % 10
+        ));
+        i += 1;
+    }
+    s.truncate(size);
+    s.into_bytes()
 }
 
 #[cfg(test)]
@@ -244,13 +362,24 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        let t = Target::parse("ws://127.0.0.1:9/ws", 4).unwrap();
+        let t = Target::parse("ws://127.0.0.1:9/ws", 4, false).unwrap();
         assert_eq!(t.kind, Kind::Ws);
         assert_eq!(t.path, "/ws");
         assert_eq!(t.source_count(), 4);
-        let t = Target::parse("tcp://127.0.0.1:9", 0).unwrap();
+        let t = Target::parse("tcp://127.0.0.1:9", 0, false).unwrap();
         assert_eq!(t.kind, Kind::Tcp);
         assert_eq!(t.source_count(), 1);
-        assert!(Target::parse("http://127.0.0.1:9/", 0).is_err());
+        assert!(Target::parse("http://127.0.0.1:9/", 0, false).is_err());
+    }
+
+    #[test]
+    fn compressed_messages_round_trip_and_json_is_text() {
+        let j = json(1024);
+        assert_eq!(j.len(), 1024);
+        assert!(std::str::from_utf8(&j).is_ok());
+        let z = compress(&j);
+        assert!(z.len() < j.len() / 3, "{}", z.len());
+        assert_eq!(inflate(&z).unwrap(), j);
+        assert_eq!(client_frame(TEXT, &j, true)[0], 0xc1);
     }
 }

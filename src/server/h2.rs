@@ -1,0 +1,282 @@
+//! WebSockets over HTTP/2 (RFC 8441): one TCP connection, served by hyper's HTTP/2 server
+//! with the extended CONNECT protocol enabled, carrying WebSockets as streams.
+//!
+//! Invariants:
+//! - every stream that asks for a WebSocket is a connection in its own right: a tracker (the
+//!   six states), a place in the connection limits, a span `conn{id, peer}`, and a task in
+//!   the daemon's task tracker, so the drain waits for it;
+//! - the TCP connection's own tracker is handed over (`wsechod_http2_connections`), and its
+//!   place in `max_connections` is kept while it lives, so HTTP/2 connections without
+//!   streams are bounded too;
+//! - on drain, every stream gets its close frame first; the connection sends GOAWAY once its
+//!   streams have ended (new streams meanwhile get 503);
+//! - a connection with no stream for `server.handshake_timeout` is closed (GOAWAY), and one
+//!   that stops answering HTTP/2 PINGs (sent every `websocket.ping_interval`) within
+//!   `websocket.pong_timeout` is dropped.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span};
+
+use super::limits::Admission;
+use super::{Accepted, Shared};
+use crate::connection::{self, Opening};
+use crate::greeting::Facts;
+use crate::http::{self, Decision, Limit};
+use crate::metrics::Http;
+use crate::settings::Settings;
+use crate::state::AbortReason;
+use crate::tracker::ConnTracker;
+
+/// The WebSocket streams of one HTTP/2 connection that are still running.
+#[derive(Debug, Default)]
+struct Streams {
+    /// How many.
+    live: AtomicUsize,
+    /// Woken whenever one ends.
+    ended: Notify,
+}
+
+/// One stream's place in [`Streams`], given back when it ends.
+struct StreamGuard(Arc<Streams>);
+
+impl Streams {
+    fn enter(self: &Arc<Self>) -> StreamGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until no stream runs.
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.live() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+/// Marks the TCP connection as an HTTP/2 connection for as long as it lives.
+struct Http2Connection<'a>(&'a Shared);
+
+impl Drop for Http2Connection<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.http2_connection(false);
+    }
+}
+
+/// Serves an HTTP/2 connection on `io` until it ends.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    accepted: &Accepted,
+    tracker: &ConnTracker,
+    settings: &Arc<Settings>,
+    shared: &Arc<Shared>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(h2) = settings.http2 else {
+        tracker.aborted(AbortReason::HandshakeFailed);
+        return;
+    };
+    if !tracker.hand_over_to_http2() {
+        return;
+    }
+    let _counted = Http2Connection(shared);
+    debug!("HTTP/2 connection");
+    let streams = Arc::new(Streams::default());
+    let service = {
+        let (settings, shared, streams) = (settings.clone(), shared.clone(), streams.clone());
+        let accepted = *accepted;
+        service_fn(move |req: Request<Incoming>| {
+            let response = stream(req, &accepted, &settings, &shared, &streams);
+            std::future::ready(Ok::<_, Infallible>(response))
+        })
+    };
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .enable_connect_protocol()
+        .max_concurrent_streams(h2.max_streams)
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window)
+        .max_send_buf_size(h2.send_buffer)
+        .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams a client may reset before we accept them,
+        // and streams it may make us reset, before the connection is closed.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024))
+        .timer(TokioTimer::new());
+    if let Some(interval) = settings.timers.ping_interval {
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(settings.timers.pong_timeout);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle_for = settings.handshake_timeout;
+    let idle = tokio::time::sleep(idle_for);
+    tokio::pin!(idle);
+    let mut draining = false;
+    let mut goaway = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "HTTP/2 connection ended");
+                }
+                return;
+            }
+            () = shared.drain.cancelled(), if !draining => draining = true,
+            // Every stream got its close frame and ended: now GOAWAY.
+            () = streams.all_ended(), if draining && !goaway => {
+                debug!("drained, sending GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                goaway = true;
+            }
+            () = &mut idle, if !goaway => {
+                if streams.live() == 0 {
+                    debug!("no stream for {idle_for:?}, sending GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                    goaway = true;
+                } else {
+                    idle.as_mut().reset(Instant::now() + idle_for);
+                }
+            }
+        }
+    }
+}
+
+/// Answers one request on the connection; a WebSocket runs on in a task of its own.
+fn stream(
+    mut req: Request<Incoming>,
+    accepted: &Accepted,
+    settings: &Arc<Settings>,
+    shared: &Arc<Shared>,
+    streams: &Arc<Streams>,
+) -> Response<http_body_util::Full<hyper::body::Bytes>> {
+    let tracker = ConnTracker::new(shared.metrics.clone());
+    let (admission, limit) = Admission::take(
+        &shared.counts,
+        accepted.peer.ip(),
+        settings.max_connections,
+        settings.max_connections_per_ip,
+    );
+    let limit = if shared.drain.is_cancelled() {
+        Limit::Draining
+    } else {
+        limit
+    };
+    let decision = http::decide_h2(&req, &settings.policy, limit);
+    let response = http::response_h2(&decision);
+    let deflate = match decision {
+        Decision::Upgrade { deflate, .. } => deflate,
+        Decision::Reject(r) => {
+            debug!(
+                status = r.status.as_u16(),
+                path = req.uri().path(),
+                "HTTP/2 request rejected"
+            );
+            shared.metrics.handshake_rejected(r.status.as_u16());
+            tracker.aborted(AbortReason::HandshakeRejected);
+            return response;
+        }
+        Decision::Page { .. } => {
+            tracker.aborted(AbortReason::ConsolePage);
+            return response;
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    // Its own root span: a stream is a connection, not a part of the TCP connection's.
+    let span = info_span!(parent: None, "conn", id, peer = %accepted.peer, http = 2);
+    let guard = streams.enter();
+    let (settings, shared) = (settings.clone(), shared.clone());
+    let greeting = settings.greeting.as_ref().map(|g| {
+        g.render(&Facts {
+            conn_id: id,
+            peer: accepted.peer,
+            local: accepted.local,
+            protocol: "HTTP/2",
+        })
+    });
+    let deadline = Instant::now() + settings.handshake_timeout;
+    shared.clone().tasks.spawn(
+        async move {
+            let _place = (admission, guard);
+            let abort = shared.abort.clone();
+            tokio::select! {
+                biased;
+                () = abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+                () = open(upgrade, deadline, deflate.map(|d| d.agreed), greeting, &tracker, &settings, &shared) => {}
+            }
+        }
+        .instrument(span),
+    );
+    response
+}
+
+/// Waits for hyper to hand over the stream (after our 200 went out), then echoes on it.
+async fn open(
+    upgrade: hyper::upgrade::OnUpgrade,
+    deadline: Instant,
+    deflate: Option<crate::deflate::Agreed>,
+    greeting: Option<String>,
+    tracker: &ConnTracker,
+    settings: &Settings,
+    shared: &Shared,
+) {
+    let upgraded = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            debug!(error = %e, "HTTP/2 stream not upgraded");
+            tracker.aborted(AbortReason::HandshakeFailed);
+            return;
+        }
+        Err(_) => {
+            tracker.aborted(AbortReason::HandshakeFailed);
+            return;
+        }
+    };
+    shared.metrics.handshake_completed(Http::V2);
+    shared.metrics.http2_stream(true);
+    debug!("WebSocket open over HTTP/2");
+    let opening = Opening {
+        early: Vec::new(),
+        deflate,
+        greeting,
+    };
+    connection::serve(
+        TokioIo::new(upgraded),
+        opening,
+        tracker,
+        &shared.metrics,
+        settings,
+        &shared.drain,
+    )
+    .await;
+    shared.metrics.http2_stream(false);
+}
