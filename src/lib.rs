@@ -2,7 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of these modules and their invariants.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod metrics_endpoint;
 pub mod origin;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 pub mod signals;
 pub mod state;
 pub mod systemd;

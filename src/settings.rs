@@ -85,6 +85,8 @@ pub struct Settings {
     /// Count messages and bytes and observe message sizes (off with `[metrics] enabled =
     /// false`; connection states are tracked either way).
     pub(crate) count_messages: bool,
+    /// Code and reason of the close frame sent on shutdown.
+    pub(crate) close_code: u16,
     /// Reason of the close frame sent on shutdown.
     pub(crate) close_reason: Utf8Bytes,
     /// zlib level of compressed echoes.
@@ -152,6 +154,7 @@ impl Settings {
             reply_prefix: Some(w.reply_prefix.clone()).filter(|p| !p.is_empty()),
             log_message_content: w.log_message_content,
             count_messages: config.metrics.enabled,
+            close_code: config.shutdown.close_code,
             close_reason: Utf8Bytes::from(config.shutdown.close_reason.clone()),
             compression_level: w.compression_level,
             http2,

@@ -12,6 +12,9 @@ pub enum Signal {
     Terminate(&'static str),
     /// SIGHUP: reload the configuration.
     Reload,
+    /// SIGUSR2 in a build with the `test-wedge` feature: wedge the runtime.
+    #[cfg(feature = "test-wedge")]
+    Wedge,
 }
 
 /// The daemon's signal stream. Create it before reporting ready, so that no signal sent
@@ -21,12 +24,22 @@ pub struct Signals(Pin<Box<dyn Stream<Item = Signal> + Send>>);
 impl Signals {
     /// Registers the handlers.
     pub fn new() -> std::io::Result<Self> {
+        #[cfg(not(feature = "test-wedge"))]
         let raw = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        #[cfg(feature = "test-wedge")]
+        let raw = signal_hook_tokio::Signals::new([
+            SIGTERM,
+            SIGINT,
+            SIGHUP,
+            signal_hook::consts::SIGUSR2,
+        ])?;
         Ok(Signals(Box::pin(raw.filter_map(|s| async move {
             match s {
                 SIGTERM => Some(Signal::Terminate("SIGTERM")),
                 SIGINT => Some(Signal::Terminate("SIGINT")),
                 SIGHUP => Some(Signal::Reload),
+                #[cfg(feature = "test-wedge")]
+                signal_hook::consts::SIGUSR2 => Some(Signal::Wedge),
                 _ => None,
             }
         }))))

@@ -76,7 +76,7 @@ fn run(messages: impl Fn(usize) -> Message + Send + 'static) -> usize {
         rt.block_on(async move {
             let settings = Settings::default();
             let metrics = Arc::new(Metrics::new());
-            let drain = tokio_util::sync::CancellationToken::new();
+            let drain = wsechod::shutdown::Drain::new();
             let tracker = ConnTracker::new(metrics.clone());
             ServerSide(Box::pin(wsechod::connection::serve(
                 server_io,

@@ -168,7 +168,7 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
         let start = tokio::time::Instant::now();
         let shared = Shared::new(Settings::clone(ex.settings), metrics.clone());
         if ex.drain == Drain::AtStart {
-            shared.drain.cancel();
+            shared.drain.start(1, 0, Duration::ZERO);
         }
         let (client, server_io) = tokio::io::duplex(PIPE_BUF);
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -219,7 +219,7 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
                 let _ = wr.write_all(ex.input).await;
             }
             if ex.drain == Drain::AfterWrite {
-                shared.drain.cancel();
+                shared.drain.start(1, 0, Duration::ZERO);
             }
             match ex.hold {
                 Hold::No => {}

@@ -50,17 +50,27 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// After SIGTERM, how long to keep serving (and accepting) while `/readyz` already says
+    /// 503, so that load balancers stop sending new clients before the listeners close.
+    pub delay: Dur,
     /// How long SIGTERM waits for clients to answer the close frame before aborting them.
     pub drain_timeout: Dur,
+    /// Close code of the close frame sent on shutdown: 1000, 1001 or 1012.
+    pub close_code: u16,
     /// Reason text of the close frame sent on shutdown.
     pub close_reason: String,
+    /// Close frames sent per second during the drain; 0 sends them all at once.
+    pub close_rate: u32,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
+            delay: Dur::secs(0),
             drain_timeout: Dur::secs(10),
+            close_code: 1000,
             close_reason: "server shutting down".into(),
+            close_rate: 0,
         }
     }
 }

@@ -468,6 +468,32 @@ impl Config {
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
+        within(
+            "shutdown.delay",
+            d.delay.0,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        if !matches!(d.close_code, 1000 | 1001 | 1012) {
+            return Err(invalid(
+                "shutdown.close_code",
+                Problem::Conflict(format!(
+                    "{} is not one of 1000 (normal closure), 1001 (going away) and 1012 \
+                     (service restart)",
+                    d.close_code
+                )),
+            ));
+        }
+        if d.close_rate > 1_000_000 {
+            return Err(invalid(
+                "shutdown.close_rate",
+                Problem::OutOfRange {
+                    value: d.close_rate.to_string(),
+                    min: "0 (all at once)".into(),
+                    max: "1000000".into(),
+                },
+            ));
+        }
         if d.close_reason.len() > 123 {
             return Err(invalid(
                 "shutdown.close_reason",
@@ -625,6 +651,14 @@ mod tests {
             (
                 "shutdown.drain_timeout",
                 Box::new(|c| c.shutdown.drain_timeout = Dur::secs(7200)),
+            ),
+            (
+                "shutdown.close_code",
+                Box::new(|c| c.shutdown.close_code = 1002),
+            ),
+            (
+                "shutdown.delay",
+                Box::new(|c| c.shutdown.delay = Dur::secs(7200)),
             ),
         ];
         for (key, change) in cases {

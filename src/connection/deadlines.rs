@@ -26,6 +26,8 @@ pub(crate) enum Due {
     Lifetime,
     /// The peer has not taken our output for `write_timeout`.
     WriteTimeout,
+    /// The paced drain has come to this connection: time for its close frame.
+    Drain,
 }
 
 /// Keepalive, idle, lifetime and write deadlines of one connection.
@@ -45,6 +47,8 @@ pub(crate) struct Deadlines {
     blocked_since: Option<Instant>,
     /// The connection is closing: only the write timeout still applies.
     closing: bool,
+    /// When the paced drain sends this connection's close frame.
+    drain_at: Option<Instant>,
 }
 
 /// Far enough away to mean "never", near enough not to overflow.
@@ -64,6 +68,7 @@ impl Deadlines {
                 .map(|l| now + l.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0))),
             blocked_since: None,
             closing: false,
+            drain_at: None,
         }
     }
 
@@ -82,7 +87,7 @@ impl Deadlines {
         };
         others
             .into_iter()
-            .chain([write])
+            .chain([write, self.drain_at.filter(|_| !self.closing)])
             .flatten()
             .min()
             .unwrap_or_else(|| self.last_activity + NEVER)
@@ -98,6 +103,9 @@ impl Deadlines {
         }
         if self.closing {
             return Due::Nothing;
+        }
+        if self.drain_at.is_some_and(|t| now >= t) {
+            return Due::Drain;
         }
         if self.end_of_life.is_some_and(|t| now >= t) {
             return Due::Lifetime;
@@ -144,6 +152,11 @@ impl Deadlines {
             _ => return false,
         }
         true
+    }
+
+    /// The paced drain sends this connection's close frame at `at`.
+    pub(crate) fn drain_at(&mut self, at: Instant) {
+        self.drain_at = Some(at);
     }
 
     /// We sent our close frame: keepalive, idle and lifetime no longer apply.
@@ -276,6 +289,18 @@ mod tests {
         assert_eq!(d.next(), t0 + 50 * S);
         assert_eq!(d.fire(t0 + 49 * S), Due::Nothing);
         assert_eq!(d.fire(t0 + 50 * S), Due::WriteTimeout);
+    }
+
+    #[test]
+    fn the_drain_turn_comes_first_and_only_once() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(timers(), t0, 0.0);
+        d.drain_at(t0 + 5 * S);
+        assert_eq!(d.next(), t0 + 5 * S);
+        assert_eq!(d.fire(t0 + 4 * S), Due::Nothing);
+        assert_eq!(d.fire(t0 + 5 * S), Due::Drain);
+        d.closing();
+        assert_eq!(d.fire(t0 + 6 * S), Due::Nothing);
     }
 
     #[test]

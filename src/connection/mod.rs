@@ -31,7 +31,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use self::close::{CLOSE_LINGER, Cause, LINGER_IDLE, LINGER_MAX, ReadError, classify};
@@ -40,6 +39,7 @@ use self::wire::{SCRATCH, SyncIo, Wire};
 use crate::deflate::{Agreed, Inbound, Outbound};
 use crate::metrics::{Kind, Metrics};
 use crate::settings::Settings;
+use crate::shutdown::Drain;
 use crate::state::{AbortReason, ConnState};
 use crate::tracker::ConnTracker;
 
@@ -65,14 +65,15 @@ pub struct Opening {
 }
 
 /// Serves one upgraded connection until it ends, recording its end state on `tracker`.
-/// `drain` starts a graceful close with the configured code and reason.
+/// `drain` starts a graceful close with the configured code and reason, at this
+/// connection's turn.
 pub async fn serve<S>(
     io: S,
     opening: Opening,
     tracker: &ConnTracker,
     metrics: &Metrics,
     settings: &Settings,
-    drain: &CancellationToken,
+    drain: &Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -200,7 +201,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// The loop: batches of input, the timer, and the drain, until the connection ends.
-    async fn run(&mut self, drain: &CancellationToken) {
+    async fn run(&mut self, drain: &Drain) {
         if let Some(text) = self.greeting.take()
             && Box::pin(self.greet(text)).await
         {
@@ -208,11 +209,22 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
         let timer = tokio::time::sleep_until(self.echo.deadlines.next());
         tokio::pin!(timer);
+        let mut turn_taken = false;
         loop {
             let open = self.echo.tracker.state() == ConnState::Open;
             let done = tokio::select! {
                 biased;
-                () = drain.cancelled(), if open => Box::pin(self.close_for_drain()).await,
+                () = drain.started(), if open && !turn_taken => {
+                    turn_taken = true;
+                    let at = drain.turn();
+                    if at <= Instant::now() {
+                        Box::pin(self.close_for_drain()).await
+                    } else {
+                        // Paced: keep echoing until this connection's turn.
+                        self.echo.deadlines.drain_at(at);
+                        false
+                    }
+                }
                 () = &mut timer => {
                     let due = self.echo.deadlines.fire(Instant::now());
                     Box::pin(self.on_timer(due)).await
@@ -439,7 +451,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
         let settings = self.echo.settings;
         if !self
-            .send_close(CloseCode::Normal, settings.close_reason.clone())
+            .send_close(
+                CloseCode::from(settings.close_code),
+                settings.close_reason.clone(),
+            )
             .await
         {
             self.echo.tracker.aborted(AbortReason::Reset);
@@ -493,6 +508,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 self.echo.tracker.aborted(AbortReason::WriteTimeout);
                 return true;
             }
+            Due::Drain => return Box::pin(self.close_for_drain()).await,
             Due::Idle => (Cause::Idle, AbortReason::IdleTimeout),
             Due::Lifetime => (Cause::Lifetime, AbortReason::MaxLifetime),
         };

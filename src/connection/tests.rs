@@ -25,7 +25,7 @@ struct End {
 struct Harness {
     client: WebSocketStream<DuplexStream>,
     metrics: Arc<Metrics>,
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     server: tokio::task::JoinHandle<End>,
 }
 
@@ -40,7 +40,7 @@ fn settings(change: impl FnOnce(&mut Config)) -> Settings {
 async fn start_with(settings: Settings, pipe: usize) -> Harness {
     let (a, b) = tokio::io::duplex(pipe);
     let metrics = Arc::new(Metrics::new());
-    let drain = CancellationToken::new();
+    let drain = Arc::new(Drain::new());
     let server = {
         let (metrics, drain) = (metrics.clone(), drain.clone());
         tokio::spawn(async move {
@@ -304,7 +304,7 @@ async fn a_message_before_the_fin_is_still_echoed() {
                 &tracker,
                 &metrics,
                 &settings,
-                &CancellationToken::new(),
+                &Drain::new(),
             )
             .await;
             tracker.state()
@@ -331,7 +331,7 @@ async fn drain_echoes_exactly_what_was_read_before_the_close() {
     }
     h.client.flush().await.unwrap();
     // The 100 messages sit in the pipe, unread by the server, when the drain starts.
-    h.drain.cancel();
+    h.drain.start(1, 0, Duration::from_secs(10));
     let mut echoes = Vec::new();
     let close = loop {
         match recv(&mut h.client).await {
@@ -369,7 +369,7 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 async fn data_after_our_close_frame_is_discarded_and_counted() {
     let (a, mut b) = tokio::io::duplex(1 << 16);
     let metrics = Arc::new(Metrics::new());
-    let drain = CancellationToken::new();
+    let drain = Arc::new(Drain::new());
     let server = {
         let (metrics, drain) = (metrics.clone(), drain.clone());
         tokio::spawn(async move {
@@ -386,7 +386,7 @@ async fn data_after_our_close_frame_is_discarded_and_counted() {
             tracker.state()
         })
     };
-    drain.cancel();
+    drain.start(1, 0, Duration::from_secs(10));
     // Our close frame: 0x88, length, code 1000, "server shutting down".
     let mut head = [0u8; 2];
     b.read_exact(&mut head).await.unwrap();
@@ -601,15 +601,7 @@ mod compressed {
                     deflate: Some(AGREED),
                     ..Opening::default()
                 };
-                serve(
-                    a,
-                    opening,
-                    &tracker,
-                    &metrics,
-                    &settings,
-                    &CancellationToken::new(),
-                )
-                .await;
+                serve(a, opening, &tracker, &metrics, &settings, &Drain::new()).await;
                 let state = tracker.state();
                 let reason = AbortReason::ALL
                     .into_iter()

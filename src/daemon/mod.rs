@@ -36,6 +36,9 @@ use crate::settings::Settings;
 use crate::signals::{Signal, Signals};
 use crate::systemd;
 
+/// Time systemd is asked for beyond the delay, the drain and the abort grace.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// Runs the program for parsed arguments and returns how it ended.
 pub fn main(cli: Cli) -> Exit {
     let path = ConfigPath::new(cli.config);
@@ -126,6 +129,22 @@ fn build_runtime(configured: u16) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// A test build's SIGUSR2: block every worker thread for good, as a runtime stuck in a
+/// busy loop would. The watchdog's health check can then no longer run.
+#[cfg(feature = "test-wedge")]
+fn wedge(configured: u16) {
+    error!("SIGUSR2 in a test-wedge build: wedging the runtime");
+    let workers = match configured {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => usize::from(n),
+    };
+    let forever = || std::thread::sleep(Duration::from_secs(u64::MAX / 4));
+    for _ in 1..workers {
+        tokio::spawn(async move { forever() });
+    }
+    forever();
+}
+
 /// The tasks the daemon cannot run without.
 #[derive(Default)]
 struct Supervisor {
@@ -214,6 +233,8 @@ async fn run(
         )
     })?;
     let bound = listeners::bind(&config)?;
+    // Kept by systemd across a restart (FileDescriptorStoreMax= in the unit).
+    bound.store();
 
     let stop_accepting = CancellationToken::new();
     let mut tasks = Supervisor::default();
@@ -276,6 +297,8 @@ async fn run(
         tokio::select! {
             s = signals.recv() => match s {
                 Some(Signal::Reload) => daemon.reload(),
+                #[cfg(feature = "test-wedge")]
+                Some(Signal::Wedge) => wedge(daemon.config.server.worker_threads),
                 Some(Signal::Terminate(name)) => break name,
                 None => break "end of signal stream",
             },
@@ -300,11 +323,15 @@ impl Daemon {
         );
     }
 
-    /// Stops accepting, drains, and reports. A critical task that died on the way makes
-    /// the exit non-zero.
+    /// Reports not ready (and keeps serving for `[shutdown] delay`), stops accepting,
+    /// drains, and reports. A critical task that died on the way makes the exit non-zero.
     async fn shutdown(mut self, signal: &str, signals: &mut Signals) -> Result<(), Fatal> {
         let started = Instant::now();
         self.shared.metrics.set_ready(false);
+        let s = &self.config.shutdown;
+        // However short TimeoutStopSec= is, systemd now waits for the delay and the drain.
+        systemd::extend_timeout(s.delay.0 + s.drain_timeout.0 + drain::ABORT_GRACE + STOP_MARGIN);
+        drain::not_ready_for(s.delay.0, signal, signals).await;
         // Close the listeners first, so that once STOPPING=1 is out, a new connection
         // attempt is refused rather than accepted and dropped.
         self.stop_accepting.cancel();
@@ -324,12 +351,12 @@ impl Daemon {
                 None => break,
             }
         }
+        let s = &self.config.shutdown;
         info!(
             connections = self.shared.active(),
-            "{signal}: draining, sending close 1000 to every connection"
+            "{signal}: draining, sending close {} to every connection", s.close_code
         );
-        let timeout = self.config.shutdown.drain_timeout.0;
-        let report = drain::drain(&self.shared, timeout, signals).await;
+        let report = drain::drain(&self.shared, s.drain_timeout.0, s.close_rate, signals).await;
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             open = report.open,

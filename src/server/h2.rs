@@ -150,7 +150,7 @@ pub(crate) async fn serve<IO>(
                 }
                 return;
             }
-            () = shared.drain.cancelled(), if !draining => draining = true,
+            () = shared.drain.started(), if !draining => draining = true,
             // Every stream got its close frame and ended: now GOAWAY.
             () = streams.all_ended(), if draining && !goaway => {
                 debug!("drained, sending GOAWAY");
@@ -185,7 +185,7 @@ fn stream(
         settings.max_connections,
         settings.max_connections_per_ip,
     );
-    let limit = if shared.drain.is_cancelled() {
+    let limit = if shared.drain.is_started() {
         Limit::Draining
     } else {
         limit

@@ -36,6 +36,7 @@ use crate::http::Limit;
 use crate::metrics::Http;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
+use crate::shutdown::Drain;
 use crate::state::AbortReason;
 use crate::systemd::watchdog::Probe;
 use crate::tracker::ConnTracker;
@@ -46,8 +47,8 @@ pub struct Shared {
     pub settings: ArcSwap<Settings>,
     /// All metrics, including the connection-state gauges and readiness.
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the drain starts: open connections send their close frame.
-    pub drain: CancellationToken,
+    /// The drain: when it starts, and each open connection's turn to send its close frame.
+    pub drain: Drain,
     /// Cancelled when the drain ends: connections still open are aborted.
     pub abort: CancellationToken,
     /// Every connection task, so the drain can wait for them all.
@@ -64,7 +65,7 @@ impl Shared {
         Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             metrics,
-            drain: CancellationToken::new(),
+            drain: Drain::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
             counts: Arc::default(),

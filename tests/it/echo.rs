@@ -20,6 +20,34 @@ async fn text_and_binary_keep_their_type() {
 }
 
 #[tokio::test]
+async fn the_greeting_comes_first_with_its_placeholders_filled_in() {
+    let d = daemon()
+        .config("[websocket]\ngreeting = \"Request served by {hostname} to {peer}, {{conn}} {conn_id}\"\n")
+        .start()
+        .await;
+    let mut ws = d.connect().await;
+    let local = ws.get_ref().local_addr().unwrap();
+    let Message::Text(greeting) = recv(&mut ws).await else {
+        panic!("the greeting is a text message")
+    };
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(
+        greeting.as_str(),
+        format!("Request served by {host} to {local}, {{conn}} 1")
+    );
+    // Then an exact echo.
+    echo(&mut ws, Message::text("after")).await;
+}
+
+#[tokio::test]
+async fn by_default_there_is_no_greeting() {
+    let d = daemon().start().await;
+    let mut ws = d.connect().await;
+    ws.send(Message::binary(vec![9u8])).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::binary(vec![9u8]));
+}
+
+#[tokio::test]
 async fn reply_prefix_from_config() {
     let d = daemon()
         .config("[websocket]\nreply_prefix = \"서버에서 응답: \"\n")

@@ -53,6 +53,39 @@ async fn statuses() {
 }
 
 #[tokio::test]
+async fn the_console_page_connects_to_the_configured_path() {
+    let d = daemon()
+        .config("[server]\npath = \"/echo\"\n[console]\npath = \"/try\"\n")
+        .start()
+        .await;
+    let (status, text) = http_get(d.ws_addr(), "/try", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("content-type: text/html; charset=utf-8"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"<meta name="wsechod-ws-path" content="/echo">"#),
+        "{text}"
+    );
+    // The other answers are unchanged: / is 404, the WebSocket path 400 to a plain GET.
+    assert_eq!(http_get(d.ws_addr(), "/", &[]).await.0, 404);
+    assert_eq!(http_get(d.ws_addr(), "/echo", &[]).await.0, 400);
+    assert_eq!(http_get(d.ws_addr(), "/console", &[]).await.0, 404);
+    d.wait_metric(
+        "wsechod_connections_aborted_total{reason=\"console_page\"}",
+        1.0,
+    )
+    .await;
+    // Off: 404.
+    let off = daemon()
+        .config("[console]\nenabled = false\n")
+        .start()
+        .await;
+    assert_eq!(http_get(off.ws_addr(), "/console", &[]).await.0, 404);
+}
+
+#[tokio::test]
 async fn configured_path_is_used() {
     let d = daemon()
         .config("[server]\npath = \"/echo\"\n")

@@ -20,9 +20,21 @@ use crate::util::{TIMEOUT, daemon, echo, recv};
 async fn ready_after_bind_then_stopping_on_sigterm() {
     let mut d = daemon().start().await;
     // READY=1 came with a STATUS naming where we listen, and the port accepts right away.
-    let first = &d.messages[0];
-    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
-    assert!(first.contains("STATUS=serving ws://127.0.0.1:"), "{first}");
+    let ready = d
+        .messages
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap();
+    assert!(ready.contains("STATUS=serving ws://127.0.0.1:"), "{ready}");
+    // Before it, the listeners went to systemd's file descriptor store.
+    let stored = d.messages.iter().position(|m| m.contains("FDSTORE=1"));
+    let ready_at = d.messages.iter().position(|m| m.contains("READY=1"));
+    assert!(stored.is_some() && stored < ready_at, "{:?}", d.messages);
+    assert!(
+        d.messages
+            .iter()
+            .any(|m| m.contains("FDNAME=stored-websocket"))
+    );
     let mut ws = d.connect().await;
     echo(&mut ws, Message::text("x")).await;
     drop(ws);
@@ -30,6 +42,85 @@ async fn ready_after_bind_then_stopping_on_sigterm() {
     let msg = d.wait_for_notify("STOPPING=1").await;
     assert!(msg.contains("STATUS=draining"), "{msg}");
     assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    d.collect_notifications();
+    // It asked systemd for the drain time (10 s) plus grace (2 s) and margin (5 s).
+    assert!(
+        d.messages
+            .iter()
+            .any(|m| m.contains("EXTEND_TIMEOUT_USEC=17000000")),
+        "{:?}",
+        d.messages
+    );
+}
+
+/// `[shutdown] delay`: not ready at once, new connections still accepted and served for
+/// the delay, then the drain with the configured close code.
+#[tokio::test]
+async fn sigterm_with_a_delay_reports_not_ready_and_serves_on_before_draining() {
+    let mut d = daemon()
+        .config("[shutdown]\ndelay = \"2s\"\nclose_code = 1012\nclose_reason = \"restarting\"\n")
+        .start()
+        .await;
+    let mut before = d.connect().await;
+    d.signal(Signal::SIGTERM);
+    let msg = d.wait_for_notify("STOPPING=1").await;
+    assert!(msg.contains("not ready"), "{msg}");
+    let sent = Instant::now();
+    assert_eq!(d.metrics_get("/readyz").await.0, 503);
+    // During the delay: the old connection echoes, and a new one is accepted and echoes.
+    echo(&mut before, Message::text("still here")).await;
+    let mut during = d.connect().await;
+    echo(&mut during, Message::text("just arrived")).await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the delay ran out before the checks: rerun on a less busy machine"
+    );
+    for ws in [&mut before, &mut during] {
+        let f = loop {
+            match recv(ws).await {
+                Message::Close(Some(f)) => break f,
+                Message::Ping(_) => {}
+                m => panic!("unexpected {m:?}"),
+            }
+        };
+        assert_eq!(u16::from(f.code), 1012);
+        assert_eq!(f.reason.as_str(), "restarting");
+    }
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+    while let Some(Ok(_)) = before.next().await {}
+    while let Some(Ok(_)) = during.next().await {}
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    d.collect_notifications();
+    // Delay, drain, grace and margin: 2 + 10 + 2 + 5 s.
+    assert!(
+        d.messages
+            .iter()
+            .any(|m| m.contains("EXTEND_TIMEOUT_USEC=19000000")),
+        "{:?}",
+        d.messages
+    );
+}
+
+#[tokio::test]
+async fn a_second_sigterm_skips_the_rest_of_the_delay() {
+    let mut d = daemon()
+        .config("[shutdown]\ndelay = \"60s\"\n")
+        .start()
+        .await;
+    let mut ws = d.connect().await;
+    d.signal(Signal::SIGTERM);
+    d.wait_for_notify("STOPPING=1").await;
+    echo(&mut ws, Message::text("delayed")).await;
+    let second = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let Message::Close(Some(f)) = recv(&mut ws).await else {
+        panic!("expected the close frame")
+    };
+    assert_eq!(f.code, CloseCode::Normal);
+    while let Some(Ok(_)) = ws.next().await {}
+    assert_eq!(d.wait_exit(TIMEOUT).code(), Some(0));
+    assert!(second.elapsed() < Duration::from_secs(10));
+    d.wait_stderr("during the delay: draining now").await;
 }
 
 /// What one client of the drain test saw.

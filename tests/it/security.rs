@@ -124,7 +124,9 @@ async fn tls_serves_wss_and_reloads_the_certificate_on_sighup() {
     let config = format!("[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n");
     let mut d = daemon().config(&config).start().await;
     assert!(
-        d.messages[0].contains("wss://127.0.0.1:"),
+        d.messages
+            .iter()
+            .any(|m| m.contains("READY=1") && m.contains("wss://127.0.0.1:")),
         "{:?}",
         d.messages
     );

@@ -56,8 +56,23 @@ impl Builder {
         let config_path = dir.path().join("wsechod.toml");
         std::fs::write(&config_path, &self.config).unwrap();
         let notify_path = dir.path().join("notify.sock");
+        // Read at once and always, so that the daemon's queue never fills (it drops what
+        // does not fit) and no message is lost between the test's waits.
         let notify = if self.notify {
-            Some(UnixDatagram::bind(&notify_path).unwrap())
+            let sock = UnixDatagram::bind(&notify_path).unwrap();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = sock.recv(&mut buf).await {
+                    if tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            Some(rx)
         } else {
             None
         };
@@ -136,7 +151,7 @@ pub fn daemon() -> Builder {
 pub struct Daemon {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
-    notify: Option<UnixDatagram>,
+    notify: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// Every notify datagram received so far, in order.
     pub messages: Vec<String>,
     ws: Option<SocketAddr>,
@@ -190,19 +205,17 @@ impl Daemon {
     /// Receives notify datagrams until one has a line equal to `line`; returns it.
     pub async fn wait_for_notify(&mut self, line: &str) -> String {
         let deadline = Instant::now() + TIMEOUT;
-        let sock = self.notify.as_ref().expect("notify socket");
-        let mut buf = vec![0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let n = match tokio::time::timeout(left, sock.recv(&mut buf)).await {
-                Ok(r) => r.unwrap(),
-                Err(_) => panic!(
+            let rx = self.notify.as_mut().expect("notify socket");
+            let msg = match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some(m)) => m,
+                _ => panic!(
                     "no {line} within {TIMEOUT:?}; got {:?}\nstderr:\n{}",
                     self.messages,
                     self.stderr()
                 ),
             };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.messages.push(msg.clone());
             if msg.lines().any(|l| l == line) {
                 return msg;
@@ -212,16 +225,23 @@ impl Daemon {
 
     /// Datagrams that arrive within `window`.
     pub async fn notifications_for(&mut self, window: Duration) -> Vec<String> {
-        let sock = self.notify.as_ref().expect("notify socket");
+        let rx = self.notify.as_mut().expect("notify socket");
         let deadline = tokio::time::Instant::now() + window;
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        while let Ok(r) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            let n = r.unwrap();
-            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            out.push(m);
         }
         self.messages.extend(out.iter().cloned());
         out
+    }
+
+    /// Takes every datagram received so far into `messages`.
+    pub fn collect_notifications(&mut self) {
+        if let Some(rx) = self.notify.as_mut() {
+            while let Ok(m) = rx.try_recv() {
+                self.messages.push(m);
+            }
+        }
     }
 
     /// Waits (bounded) for the process to exit.
