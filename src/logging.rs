@@ -1,6 +1,14 @@
-//! Logging with `tracing`: plain text on stderr, a level that SIGHUP can change.
+//! Logging with `tracing`, to stderr: natively to the journal (structured fields) when
+//! stderr is the journal, else as plain text; with a level that SIGHUP can change.
+//!
+//! Under systemd, stderr is a journal stream (`JOURNAL_STREAM` names its device and inode).
+//! Then every line goes to journald directly, with each field as a journal field: the span
+//! of a connection gives `CONN_ID` and `PEER` (and `HTTP=2` for an HTTP/2 stream), events
+//! add theirs (`STATE`, `CODE`, `REASON`, `ERROR`, ...), so
+//! `journalctl -u wsechod CONN_ID=42` finds one connection's lines.
 
 use std::io::IsTerminal;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -27,8 +35,24 @@ impl LogHandle {
     }
 }
 
-/// Installs the global subscriber. Without a terminal on stderr (under systemd, journald
-/// adds time stamps) it writes no ANSI colours and no time stamps.
+/// Whether stderr is the journal stream systemd connected it to.
+pub fn stderr_is_journal() -> bool {
+    std::env::var("JOURNAL_STREAM").is_ok_and(|v| is_stream(&v, std::io::stderr().as_fd()))
+}
+
+/// Whether `fd` is the file `JOURNAL_STREAM` describes (`DEVICE:INODE`).
+fn is_stream(journal_stream: &str, fd: BorrowedFd<'_>) -> bool {
+    let Some((dev, ino)) = journal_stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+    else {
+        return false;
+    };
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+}
+
+/// Installs the global subscriber: journald when stderr is the journal, else text on
+/// stderr, without ANSI colours and time stamps unless stderr is a terminal.
 pub fn init(level: &str) -> LogHandle {
     let env = std::env::var("RUST_LOG")
         .ok()
@@ -39,19 +63,52 @@ pub fn init(level: &str) -> LogHandle {
         .or_else(|| EnvFilter::builder().parse(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let terminal = std::io::stderr().is_terminal();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(terminal);
     let registry = tracing_subscriber::registry().with(filter);
+    let journald = stderr_is_journal()
+        .then(|| {
+            tracing_journald::layer().ok().map(|l| {
+                l.with_field_prefix(None)
+                    .with_syslog_identifier("wsechod".into())
+            })
+        })
+        .flatten();
     // `try_init` fails only when a subscriber exists already (tests start several daemons).
-    if terminal {
-        let _ = registry.with(fmt).try_init();
+    if let Some(journald) = journald {
+        let _ = registry.with(journald).try_init();
     } else {
-        let _ = registry.with(fmt.without_time()).try_init();
+        let terminal = std::io::stderr().is_terminal();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(terminal);
+        if terminal {
+            let _ = registry.with(fmt).try_init();
+        } else {
+            let _ = registry.with(fmt.without_time()).try_init();
+        }
     }
     LogHandle {
         handle,
         env_override,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_names_a_device_and_inode() {
+        let f = tempfile::tempfile().unwrap();
+        let st = nix::sys::stat::fstat(f.as_fd()).unwrap();
+        assert!(is_stream(
+            &format!("{}:{}", st.st_dev, st.st_ino),
+            f.as_fd()
+        ));
+        assert!(!is_stream(
+            &format!("{}:{}", st.st_dev, st.st_ino + 1),
+            f.as_fd()
+        ));
+        assert!(!is_stream("garbage", f.as_fd()));
+        assert!(!is_stream("", f.as_fd()));
     }
 }

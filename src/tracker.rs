@@ -15,6 +15,9 @@ use std::time::Instant;
 use crate::metrics::Metrics;
 use crate::state::{AbortReason, ConnState};
 
+/// No abort reason recorded.
+const NO_REASON: u8 = u8::MAX;
+
 /// The state of a tracker whose TCP connection went on as HTTP/2: terminal, and counted
 /// nowhere among the six states.
 const HANDED_OVER: u8 = u8::MAX;
@@ -28,6 +31,8 @@ pub struct ConnTracker {
     metrics: Arc<Metrics>,
     /// The current [`ConnState`] as `u8`.
     state: AtomicU8,
+    /// Why it ended Aborted, as `AbortReason as u8` ([`NO_REASON`] before).
+    reason: AtomicU8,
     /// When the TCP connection was accepted, for the duration histogram.
     started: Instant,
 }
@@ -39,6 +44,7 @@ impl ConnTracker {
         ConnTracker {
             metrics,
             state: AtomicU8::new(ConnState::Connecting as u8),
+            reason: AtomicU8::new(NO_REASON),
             started: Instant::now(),
         }
     }
@@ -50,6 +56,12 @@ impl ConnTracker {
             HANDED_OVER => ConnState::Closed,
             s => ConnState::from_u8(s),
         }
+    }
+
+    /// Why the connection ended Aborted, once it has.
+    pub fn abort_reason(&self) -> Option<AbortReason> {
+        let r = self.reason.load(Ordering::Acquire);
+        AbortReason::ALL.into_iter().find(|a| *a as u8 == r)
     }
 
     /// Moves to a live state. Ignored once the connection has ended.
@@ -101,6 +113,9 @@ impl ConnTracker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    if let Some(r) = reason {
+                        self.reason.store(r as u8, Ordering::Release);
+                    }
                     self.metrics.state_changed(old, new, reason, self.started);
                     return;
                 }

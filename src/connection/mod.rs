@@ -114,6 +114,8 @@ struct Counts {
     echoed: u64,
     /// Data messages read after our close frame, not answered.
     discarded: u64,
+    /// The code of the last close frame sent or received.
+    close_code: Option<u16>,
 }
 
 /// Everything about one connection but the socket and tungstenite's state.
@@ -429,6 +431,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         if sent {
             self.echo.metrics.close_sent(Some(u16::from(code)));
+            self.echo.counts.close_code = Some(u16::from(code));
         }
         sent
     }
@@ -613,6 +616,7 @@ impl Echo<'_> {
             Message::Close(frame) => {
                 let code = frame.as_ref().map(|f| u16::from(f.code));
                 self.metrics.close_received(code);
+                self.counts.close_code = code.or(self.counts.close_code);
                 debug!(code = ?code, reason = frame.as_ref().map(|f| f.reason.as_str()), "close received");
                 if self.tracker.state() == ConnState::CloseSent {
                     return Flow::End(Step::Closed);
@@ -772,6 +776,8 @@ impl Echo<'_> {
         let c = &self.counts;
         debug!(
             state = self.tracker.state().label(),
+            reason = self.tracker.abort_reason().map(AbortReason::label),
+            code = c.close_code,
             read = c.read,
             echoed = c.echoed,
             discarded = c.discarded,

@@ -212,7 +212,7 @@ fn stream(
     let upgrade = hyper::upgrade::on(&mut req);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     // Its own root span: a stream is a connection, not a part of the TCP connection's.
-    let span = info_span!(parent: None, "conn", id, peer = %accepted.peer, http = 2);
+    let span = info_span!(parent: None, "conn", conn_id = id, peer = %accepted.peer, http = 2);
     let guard = streams.enter();
     let (settings, shared) = (settings.clone(), shared.clone());
     let greeting = settings.greeting.as_ref().map(|g| {

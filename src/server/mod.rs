@@ -111,7 +111,8 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                    let span = info_span!("conn", id, %peer);
+                    // Its fields are journal fields under journald (CONN_ID, PEER).
+                    let span = info_span!("conn", conn_id = id, %peer);
                     let task = Handler::new(id, stream, peer, shared.clone()).run();
                     shared.tasks.spawn(task.instrument(span));
                 }

@@ -152,7 +152,7 @@ async fn debug_log_names_type_and_size_but_not_content_by_default() {
     d.wait_metric("wsechod_connections_ended_total{state=\"closed\"}", 1.0)
         .await;
     let log = d.wait_stderr("type=\"text\" size=14").await;
-    assert!(log.contains("conn{id=1 peer=127.0.0.1:"), "{log}");
+    assert!(log.contains("conn{conn_id=1 peer=127.0.0.1:"), "{log}");
     assert!(!log.contains("secret-content"), "{log}");
 }
 
