@@ -5,7 +5,7 @@
 // is the daemon's own console page (an origin Chromium lets reach 127.0.0.1), but the
 // sockets are the page script's own, so that the test reads the bytes it got back.
 import assert from 'node:assert/strict';
-import { scrape, startDaemon } from './lib.mjs';
+import { bookkeeping, scrape, startDaemon } from './lib.mjs';
 
 export async function before() {
   return { daemon: await startDaemon() };
@@ -115,6 +115,8 @@ export const tests = [
       const show = JSON.stringify({ sent, rx, tx });
       assert.equal(get('wsechod_connections_compressed_total'), 1, show);
       assert.equal(get('wsechod_handshakes_total{http="1.1"}'), 1, show);
+      const books = bookkeeping(get);
+      assert.equal(books.accepted, books.accounted, `connection bookkeeping: ${JSON.stringify(books)}`);
       // Chromium compresses every message it sends (the 64 KiB of random bytes too, to a little
       // more than they were); the 1 MiB message compresses to about half.
       assert.equal(rx.payload, sent, `the daemon inflated not exactly what the page sent: ${show}`);

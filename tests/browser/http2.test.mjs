@@ -5,7 +5,7 @@
 // CONNECT streams of the same TCP connection. The certificate is self-signed, made here with
 // openssl; the test's browser context ignores certificate errors.
 import assert from 'node:assert/strict';
-import { scrape, selfSignedCert, startDaemon, tempDir, waitForMetrics } from './lib.mjs';
+import { bookkeeping, scrape, selfSignedCert, startDaemon, tempDir, waitForMetrics } from './lib.mjs';
 
 export async function before() {
   const { certFile, keyFile } = await selfSignedCert(tempDir());
@@ -108,7 +108,13 @@ export const tests = [
         'wsechod_connections{state="open"}': SOCKETS,
         'wsechod_connections_ended_total{state="closed"}': 0,
       };
-      assert.deepEqual(values(await scrape(daemon)), want);
+      const get = await scrape(daemon);
+      assert.deepEqual(values(get), want);
+      // The TCP connection, the page's stream and the sockets' streams are all accepted; the
+      // TCP connection is accounted for as an HTTP/2 connection, the page as an abort
+      // (console_page), the sockets as open.
+      const books = bookkeeping(get);
+      assert.equal(books.accepted, books.accounted, `connection bookkeeping: ${JSON.stringify(books)}`);
 
       await tid(page, 'close').click();
       await page.waitForFunction(() => window.wsechodConsole.state().readyState === 'closed');
@@ -124,10 +130,12 @@ export const tests = [
         'wsechod_connections{state="open"}': 0,
         'wsechod_connections_ended_total{state="closed"}': SOCKETS,
       };
-      await waitForMetrics(daemon, (get) => {
-        const v = values(get);
+      const end = await waitForMetrics(daemon, (g) => {
+        const v = values(g);
         return Object.keys(after).every((k) => after[k] === undefined || v[k] === after[k]);
-      }, (get) => JSON.stringify(values(get)));
+      }, (g) => JSON.stringify(values(g)));
+      const endBooks = bookkeeping(end);
+      assert.equal(endBooks.accepted, endBooks.accounted, `connection bookkeeping: ${JSON.stringify(endBooks)}`);
     },
   },
 ];

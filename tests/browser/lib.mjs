@@ -149,6 +149,21 @@ export async function waitForMetrics(daemon, ok, show, ms = 5000) {
   }
 }
 
+/**
+ * The connection bookkeeping at one scrape (get as from scrape): accepted, and what it must
+ * equal: closed + aborted + the four live gauges + the TCP connections that went on as HTTP/2
+ * (from then on their streams are the connections; src/tracker.rs).
+ */
+export function bookkeeping(get) {
+  const live = ['connecting', 'open', 'close_sent', 'close_received']
+    .reduce((n, s) => n + get(`wsechod_connections{state="${s}"}`), 0);
+  return {
+    accepted: get('wsechod_connections_accepted_total'),
+    accounted: get('wsechod_connections_ended_total{state="closed"}') + get('wsechod_connections_ended_total{state="aborted"}') +
+      live + get('wsechod_http2_connections_total'),
+  };
+}
+
 /** A new temporary directory, removed after the test file. */
 export function tempDir() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wsechod-browser-'));
