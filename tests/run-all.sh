@@ -8,7 +8,7 @@
 #              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
-#   browser    the console page in Debian's headless Chromium against the release binary
+#   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #   deb        the .deb with cargo-deb, then lintian: no error, no warning
 #   e2e        real systemd in systemd-nspawn: apt install, reload, drain, upgrade, purge

@@ -1,12 +1,14 @@
 // The console page (src/console/console.html) against the real daemon, in Chromium.
 //
-// The page is served by a Node server on loopback and pointed at the daemon with ?url=, until
-// the daemon serves it itself. It is read through its test hook, window.wsechodConsole, and
-// through its data-testid attributes.
+// The daemon serves the page itself at [console] path (/console), and the page connects to
+// the daemon's WebSocket path on the origin that served it. It is read through its test hook,
+// window.wsechodConsole, and through its data-testid attributes. One Node server on loopback
+// serves the source file under another origin, for the test of a socket that cannot be
+// reached.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { closedPort, root, screenshots, serveStatic, startDaemon } from './lib.mjs';
+import { closedPort, root, screenshots, serveStatic, startDaemon, withTimeout } from './lib.mjs';
 
 const html = fs.readFileSync(path.join(root, 'src/console/console.html'), 'utf8');
 const META = '<meta name="wsechod-ws-path" content="/ws">';
@@ -14,11 +16,7 @@ const META = '<meta name="wsechod-ws-path" content="/ws">';
 export async function before() {
   assert.ok(html.includes(META), `console.html must carry ${META}: the daemon substitutes its path there`);
   const daemon = await startDaemon({ WSECHOD_SERVER__SUBPROTOCOLS: 'echo.v1' });
-  const type = 'text/html; charset=utf-8';
-  const web = await serveStatic({
-    '/console.html': { body: html, type },
-    '/echo.html': { body: html.replace(META, '<meta name="wsechod-ws-path" content="/echo&amp;x">'), type },
-  });
+  const web = await serveStatic({ '/console.html': { body: html, type: 'text/html; charset=utf-8' } });
   return { daemon, web };
 }
 
@@ -26,8 +24,11 @@ const tid = (page, id) => page.getByTestId(id);
 const state = (page) => page.evaluate(() => window.wsechodConsole.state());
 const log = (page) => page.evaluate(() => window.wsechodConsole.log());
 
-async function openConsole(page, web, query) {
-  await page.goto(`${web.url}/console.html?${new URLSearchParams(query)}`);
+/** Opens the page the daemon serves at /console (plus `query`). */
+async function openConsole(page, daemon, query = {}) {
+  const q = new URLSearchParams(query).toString();
+  const url = `${daemon.origin}/console${q ? `?${q}` : ''}`;
+  assert.equal((await page.goto(url)).status(), 200, `GET ${url}`);
 }
 
 /** Waits for the page's socket to leave "connecting"; throws unless it is then open. */
@@ -46,14 +47,15 @@ const FILE = Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 7 + (i >> 8
 export const tests = [
   {
     name: 'echoes Korean text and a binary file, marks both as matching, closes with 4000',
-    async run({ page, fixture: { daemon, web } }) {
-      await openConsole(page, web, { url: daemon.url });
+    async run({ page, fixture: { daemon } }) {
+      await openConsole(page, daemon);
       await waitOpen(page);
       let s = await state(page);
-      assert.equal(s.url, daemon.url);
+      assert.equal(s.url, daemon.url, 'the page connects to its own origin and the daemon\'s path');
       assert.equal(s.httpVersion, 'http/1.1');
       assert.equal(await tid(page, 'http-version').textContent(), 'http/1.1');
-      assert.equal(await tid(page, 'extensions').textContent(), s.extensions || '(none)');
+      assert.match(s.extensions, /^permessage-deflate/);
+      assert.equal(await tid(page, 'extensions').textContent(), s.extensions);
       assert.equal(await tid(page, 'protocol').textContent(), '(none)');
 
       await tid(page, 'text').fill(TEXT);
@@ -100,8 +102,8 @@ export const tests = [
   },
   {
     name: 'refuses a bad close code or reason, then reconnects with a subprotocol',
-    async run({ page, fixture: { daemon, web } }) {
-      await openConsole(page, web, { url: daemon.url });
+    async run({ page, fixture: { daemon } }) {
+      await openConsole(page, daemon);
       await waitOpen(page);
       await tid(page, 'close-code').fill('1005');
       await tid(page, 'close').click();
@@ -132,8 +134,9 @@ export const tests = [
   {
     name: 'shows the failure when the socket cannot be reached',
     async run({ page, fixture: { web } }) {
+      // The source file from another loopback server, pointed at a port nothing listens on.
       const url = `ws://127.0.0.1:${await closedPort()}/ws`;
-      await openConsole(page, web, { url });
+      await page.goto(`${web.url}/console.html?${new URLSearchParams({ url })}`);
       // The check the other tests rely on must fail here.
       await assert.rejects(waitOpen(page), /socket is closed, not open/);
       const s = await state(page);
@@ -147,13 +150,25 @@ export const tests = [
     },
   },
   {
-    name: 'takes the WebSocket path from its meta tag, on the host that served it',
-    async run({ page, fixture: { web } }) {
-      await page.goto(`${web.url}/console.html?connect=0`);
-      assert.equal((await state(page)).url, `ws://127.0.0.1:${web.port}/ws`);
+    name: 'the daemon serves the page at [console] path with its [server] path in the meta tag',
+    async run({ page, fixture: { daemon } }) {
+      // With the default path the page is the source file, byte for byte.
+      const res = await withTimeout(fetch(`${daemon.origin}/console`), 5000, 'GET /console');
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type'), /^text\/html/);
+      assert.equal(await res.text(), html, 'the daemon serves src/console/console.html as it is');
+
+      // Other paths: the page connects to the one the daemon writes in, '&' escaped.
+      const other = await startDaemon({ WSECHOD_SERVER__PATH: '/echo&x', WSECHOD_CONSOLE__PATH: '/.ws' });
+      assert.equal((await withTimeout(fetch(`${other.origin}/console`), 5000, 'GET /console')).status, 404);
+      assert.equal((await page.goto(`${other.origin}/.ws?connect=0`)).status(), 200);
       assert.equal((await state(page)).readyState, 'idle');
-      await page.goto(`${web.url}/echo.html?connect=0`);
-      assert.equal(await tid(page, 'url').inputValue(), `ws://127.0.0.1:${web.port}/echo&x`);
+      assert.equal(await tid(page, 'url').inputValue(), `ws://127.0.0.1:${other.port}/echo&x`);
+      await tid(page, 'connect').click();
+      await waitOpen(page);
+      assert.equal((await state(page)).url, other.url);
+      await page.evaluate(() => window.wsechodConsole.sendText('path /echo&x'));
+      await page.waitForFunction(() => window.wsechodConsole.state().matched === 1);
     },
   },
 ];

@@ -4,6 +4,8 @@
 #   - Debian's chromium (/usr/bin/chromium), with apt-get when it is missing (needs root).
 #     Playwright never downloads a browser here. fonts-nanum comes along so that Korean text
 #     renders in screenshots; no test depends on it.
+#   - Debian's openssl binary, with apt-get when it is missing: http2.test.mjs makes its
+#     self-signed certificate with it.
 #   - playwright-core, exactly as package-lock.json pins it, by `npm ci` into
 #     ${XDG_CACHE_HOME:-~/.cache}/wsechod/browser. The sha256 of the lock file is stamped
 #     there after a good install; a warm run compares it and does nothing else.
@@ -21,6 +23,16 @@ else
   apt-get -q update >/dev/null
   apt-get -q -y install --no-install-recommends chromium fonts-nanum >/dev/null
   echo "browser-install: installed $(/usr/bin/chromium --version 2>/dev/null)"
+fi
+
+if command -v openssl >/dev/null; then
+  echo "browser-install: openssl present: $(openssl version)"
+else
+  echo "browser-install: installing Debian's openssl with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -q update >/dev/null
+  apt-get -q -y install --no-install-recommends openssl >/dev/null
+  echo "browser-install: installed $(openssl version)"
 fi
 
 want=$(sha256sum "$here/package-lock.json" | cut -d' ' -f1)

@@ -1,13 +1,14 @@
-// tests/browser/lib.mjs: what browser test files share: the daemon, a loopback page server,
-// bounded waits.
+// tests/browser/lib.mjs: what browser test files share: the daemon and its metrics, a
+// loopback page server, temporary directories, a self-signed certificate, bounded waits.
 //
-// Every process and server started here is registered, and run.mjs ends them all after each
-// test file (endAll) and, if it must stop early, at exit (killAllNow). Test files need no
-// teardown of their own.
-import { spawn } from 'node:child_process';
+// Every process, server and temporary directory made here is registered, and run.mjs ends
+// them all after each test file (endAll) and, if it must stop early, at exit (killAllNow).
+// Test files need no teardown of their own.
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -91,7 +92,10 @@ export function start(name, cmd, args, options = {}) {
  * Starts target/release/wsechod (or $BROWSER_DAEMON_BIN) with etc/wsechod.toml on loopback
  * port 0, plus `env`. WSECHOD_* variables of the caller's environment are not passed on: the
  * daemon reads every one of them as configuration.
- * Resolves with { url, port, process } once it logs "listening on ws://127.0.0.1:PORT/ws".
+ * Resolves once it logs "listening on ws://127.0.0.1:PORT/ws" (wss:// with [tls]) and
+ * "metrics on http://127.0.0.1:PORT/metrics", with
+ *   { url, port, origin, metricsUrl, process }
+ * url is the WebSocket URL, origin "http://127.0.0.1:PORT" (https:// with [tls]).
  */
 export async function startDaemon(env = {}) {
   const bin = process.env.BROWSER_DAEMON_BIN || path.join(root, 'target/release/wsechod');
@@ -105,8 +109,88 @@ export async function startDaemon(env = {}) {
   };
   for (const k of ['NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'RUST_LOG']) delete e[k];
   const proc = start('wsechod', bin, ['-c', path.join(root, 'etc/wsechod.toml')], { env: e });
-  const m = await proc.waitFor(/listening on (ws:\/\/127\.0\.0\.1:(\d+)\/\S*)/, 10000);
-  return { url: m[1], port: Number(m[2]), process: proc };
+  const m = await proc.waitFor(/listening on ((wss?):\/\/127\.0\.0\.1:(\d+)\/\S*)/, 10000);
+  const metrics = await proc.waitFor(/metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/, 10000);
+  const scheme = m[2] === 'wss' ? 'https' : 'http';
+  return { url: m[1], port: Number(m[3]), origin: `${scheme}://127.0.0.1:${m[3]}`, metricsUrl: metrics[1], process: proc };
+}
+
+/**
+ * Scrapes the daemon's /metrics once. Resolves with get(series), the value of one series
+ * written as in the exposition, e.g. get('wsechod_handshakes_total{http="2"}'); get throws
+ * if the series is missing, so a renamed metric fails the test instead of reading as 0.
+ */
+export async function scrape(daemon) {
+  const res = await withTimeout(fetch(daemon.metricsUrl), 5000, `GET ${daemon.metricsUrl}`);
+  if (res.status !== 200) throw new Error(`GET ${daemon.metricsUrl}: ${res.status}`);
+  const text = await res.text();
+  const series = new Map();
+  for (const line of text.split('\n')) {
+    const m = line.match(/^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$/);
+    if (m) series.set(m[1], Number(m[2]));
+  }
+  return (name) => {
+    if (!series.has(name)) throw new Error(`${name} is not on ${daemon.metricsUrl}`);
+    return series.get(name);
+  };
+}
+
+/**
+ * Scrapes until `ok(get)` holds (get as from scrape); throws after `ms` with what `show(get)`
+ * returned at the last scrape.
+ */
+export async function waitForMetrics(daemon, ok, show, ms = 5000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const get = await scrape(daemon);
+    if (ok(get)) return get;
+    if (Date.now() > until) throw new Error(`metrics not as expected within ${ms} ms: ${show(get)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
+ * The connection bookkeeping at one scrape (get as from scrape): accepted, and what it must
+ * equal: closed + aborted + the four live gauges + the TCP connections that went on as HTTP/2
+ * (from then on their streams are the connections; src/tracker.rs).
+ */
+export function bookkeeping(get) {
+  const live = ['connecting', 'open', 'close_sent', 'close_received']
+    .reduce((n, s) => n + get(`wsechod_connections{state="${s}"}`), 0);
+  return {
+    accepted: get('wsechod_connections_accepted_total'),
+    accounted: get('wsechod_connections_ended_total{state="closed"}') + get('wsechod_connections_ended_total{state="aborted"}') +
+      live + get('wsechod_http2_connections_total'),
+  };
+}
+
+/** A new temporary directory, removed after the test file. */
+export function tempDir() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wsechod-browser-'));
+  owned.push({
+    name: `temp dir ${dir}`,
+    output: () => '',
+    end: async () => fs.rmSync(dir, { recursive: true, force: true }),
+    killNow: () => fs.rmSync(dir, { recursive: true, force: true }),
+  });
+  return dir;
+}
+
+/**
+ * A self-signed P-256 certificate for localhost and 127.0.0.1, valid one day, made by
+ * Debian's openssl binary in `dir`. Resolves with { certFile, keyFile }.
+ */
+export async function selfSignedCert(dir) {
+  const certFile = path.join(dir, 'cert.pem');
+  const keyFile = path.join(dir, 'key.pem');
+  const args = ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout', keyFile, '-out', certFile];
+  await new Promise((resolve, reject) => {
+    execFile('openssl', args, { timeout: 10000 }, (err, _stdout, stderr) =>
+      err ? reject(new Error(`openssl ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve());
+  });
+  return { certFile, keyFile };
 }
 
 /**

@@ -4,7 +4,8 @@
 //   tests/browser/install.sh && node tests/browser/run.mjs [WORD...]
 //
 // WORDs keep only the tests whose "file › name" contains one of them. A test file exports
-//   tests: [{ name, run(t), timeout? }]   t = { page, context, fixture }
+//   tests: [{ name, run(t), timeout?, context? }]   t = { page, context, fixture }
+//   (context: options for browser.newContext, e.g. { ignoreHTTPSErrors: true })
 //   before(): optional, run once before its tests; what it returns is t.fixture
 // Each test gets a fresh browser context. Processes and servers started through lib.mjs are
 // ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per test (default
@@ -73,7 +74,7 @@ async function runTest(test, fixture) {
   const started = Date.now();
   let context;
   try {
-    context = await withTimeout(browser.newContext({ viewport: { width: 900, height: 900 } }), ACTION_TIMEOUT, 'new context');
+    context = await withTimeout(browser.newContext({ viewport: { width: 900, height: 900 }, ...test.context }), ACTION_TIMEOUT, 'new context');
     context.setDefaultTimeout(ACTION_TIMEOUT);
     context.setDefaultNavigationTimeout(ACTION_TIMEOUT);
     const page = await context.newPage();
