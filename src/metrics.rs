@@ -221,7 +221,9 @@ impl Metrics {
         let accepted = counter(
             &registry,
             "wsechod_connections_accepted_total",
-            "TCP connections accepted on the WebSocket listeners.",
+            "Connections accepted: TCP connections on the WebSocket listeners, and WebSocket streams \
+             over HTTP/2 (a TCP connection that turns out to speak HTTP/2 is counted in \
+             wsechod_http2_connections_total instead of closed or aborted).",
         );
         let duration = histogram(
             &registry,

@@ -9,8 +9,9 @@
    overlapping, panel ids unique.
 2. Live: starts target/release/wsechod (port 0, its own notify socket) and a real Prometheus
    (1 s scrape, the shipped rules loaded), makes traffic after the first scrape (echoes, closes,
-   a ping and a pong, rejections, two aborts, a good and a failed reload, max_connections
-   reached), then evaluates every dashboard expression, annotation and variable with
+   a ping and a pong, rejections, two aborts, a permessage-deflate session, a WebSocket over
+   HTTP/2 (h2c, raw frames), a good and a failed reload, max_connections reached), checks the
+   compression and HTTP/2 counters moved, then evaluates every dashboard expression, annotation and variable with
    concrete values, and checks each alert rule: loaded and healthy, every series it reads
    exists, and in the state this traffic calls for.
 
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -542,8 +544,9 @@ def http_status(addr, request):
         return int(m.group(1)) if m else 0
 
 
-def send_frame(s, opcode, payload, masked=True):
-    head = bytes([0x80 | opcode])
+def frame_bytes(opcode, payload, masked=True, rsv1=False):
+    """One final WebSocket frame, masked as a client's must be unless told otherwise."""
+    head = bytes([0x80 | (0x40 if rsv1 else 0) | opcode])
     n = len(payload)
     mask_bit = 0x80 if masked else 0
     if n < 126:
@@ -554,7 +557,11 @@ def send_frame(s, opcode, payload, masked=True):
         key = os.urandom(4)
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
         head += key
-    s.sendall(head + payload)
+    return head + payload
+
+
+def send_frame(s, opcode, payload, masked=True, rsv1=False):
+    s.sendall(frame_bytes(opcode, payload, masked, rsv1))
 
 
 def recv_exact(s, n):
@@ -567,15 +574,16 @@ def recv_exact(s, n):
     return buf
 
 
-def recv_frame(s):
-    """(opcode, payload) of the next frame from the server (never masked)."""
+def recv_frame(s, with_b0=False):
+    """(opcode, payload) of the next frame from the server (never masked); (first byte,
+    payload) with `with_b0`."""
     b0, b1 = recv_exact(s, 2)
     n = b1 & 0x7F
     if n == 126:
         n = struct.unpack("!H", recv_exact(s, 2))[0]
     elif n == 127:
         n = struct.unpack("!Q", recv_exact(s, 8))[0]
-    return b0 & 0x0F, recv_exact(s, n)
+    return (b0 if with_b0 else b0 & 0x0F), recv_exact(s, n)
 
 
 def recv_data(s):
@@ -636,6 +644,94 @@ def session_reset(addr, path):
     s.close()
 
 
+def session_deflate(addr, path):
+    """permessage-deflate offered and agreed: a compressed text message (RSV1) echoed compressed."""
+    s, status = ws_handshake(addr, path, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
+    with s:
+        expect(status == 101, f"deflate upgrade answered {status}")
+        text = b'{"monitoring": "compressed", "padding": "' + b"abc" * 300 + b'"}'
+        c = zlib.compressobj(wbits=-15)
+        body = c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH)
+        expect(body.endswith(b"\x00\x00\xff\xff"), "sync flush tail")
+        send_frame(s, 0x1, body[:-4], rsv1=True)
+        b0, payload = recv_frame(s, with_b0=True)
+        expect(b0 & 0x40 and b0 & 0x0F == 0x1, f"a compressed text reply, first byte {b0:#x}")
+        got = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+        expect(got == text, "deflate echo")
+        send_frame(s, 0x8, struct.pack("!H", 1000))
+        op, payload = recv_data(s)
+        expect(op == 0x8 and payload[:2] == struct.pack("!H", 1000), "deflate session close")
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return struct.pack("!I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack("!I", stream) + payload
+
+
+def h2_literal(name, value):
+    """An HPACK literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
+    name, value = name.encode(), value.encode()
+    assert len(name) < 127 and len(value) < 127
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def session_http2(addr, path):
+    """h2c with prior knowledge: an extended CONNECT (RFC 8441), one echo, a clean close."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    frames = []  # (type, flags, stream, payload) received and not yet looked at
+
+    def next_frame():
+        if not frames:
+            head = recv_exact(s, 9)
+            n = int.from_bytes(head[:3], "big")
+            frames.append((head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, recv_exact(s, n)))
+        return frames.pop(0)
+
+    with s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0))
+        while True:  # the server's SETTINGS must allow the extended CONNECT
+            ftype, flags, _, payload = next_frame()
+            if ftype == 0x4 and not flags & 0x1:
+                params = dict(struct.unpack("!HI", payload[i:i + 6]) for i in range(0, len(payload), 6))
+                expect(params.get(0x8) == 1, f"SETTINGS_ENABLE_CONNECT_PROTOCOL in {params}")
+                break
+        block = b"".join(h2_literal(n, v) for n, v in (
+            (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+            (":path", path), (":authority", addr), ("sec-websocket-version", "13")))
+        s.sendall(h2_frame(0x4, 0x1, 0) + h2_frame(0x1, 0x4, 1, block))
+        ws = b""
+        while True:
+            ftype, flags, stream, payload = next_frame()
+            if ftype == 0x1 and stream == 1:
+                # hyper sends ":status 200" as the static table's index 8 (RFC 7541 appendix A).
+                expect(payload[:1] == b"\x88", f"extended CONNECT answered {payload!r}, not 200")
+                break
+            expect(ftype != 0x3 and ftype != 0x7, f"stream refused or connection ended: {ftype}")
+
+        def ws_send(opcode, body):
+            s.sendall(h2_frame(0x0, 0, 1, frame_bytes(opcode, body)))
+
+        def ws_recv():
+            nonlocal ws
+            while True:
+                if len(ws) >= 2 and len(ws) >= 2 + (ws[1] & 0x7F):
+                    n = ws[1] & 0x7F
+                    expect(n < 126, "a short frame")
+                    op, body, ws = ws[0] & 0x0F, ws[2:2 + n], ws[2 + n:]
+                    return op, body
+                ftype, flags, stream, payload = next_frame()
+                if ftype == 0x0 and stream == 1:
+                    ws += payload
+                expect(ftype != 0x3 and ftype != 0x7, f"stream reset or connection ended: {ftype}")
+
+        ws_send(0x1, b"over HTTP/2")
+        expect(ws_recv() == (0x1, b"over HTTP/2"), "HTTP/2 echo")
+        ws_send(0x8, struct.pack("!H", 1000))
+        op, body = ws_recv()
+        expect(op == 0x8 and body[:2] == struct.pack("!H", 1000), f"HTTP/2 close answered {op} {body!r}")
+        s.sendall(h2_frame(0x0, 0x1, 1) + h2_frame(0x7, 0, 0, struct.pack("!II", 1, 0)))
+
+
 def make_traffic(d):
     addr, path = d.ws_addr, d.ws_path
     rc, out = run([WSCLIENT, "echo", d.url], 30)
@@ -644,6 +740,8 @@ def make_traffic(d):
     session_closed(addr, path, 4000)
     session_protocol_error(addr, path)
     session_reset(addr, path)
+    session_deflate(addr, path)
+    session_http2(addr, path)
     # Rejections: wrong path, wrong method, not an upgrade, wrong version.
     expect(ws_handshake(addr, "/nowhere")[1] == 404, "404 for another path")
     expect(ws_handshake(addr, path, method="POST")[1] == 405, "405 for POST")
@@ -658,6 +756,13 @@ def make_traffic(d):
     expect('#drain_timeout = "10s"' in text, "etc/wsechod.toml has a #drain_timeout line to break")
     d.config.write_text(text.replace('#drain_timeout = "10s"', "drain_timeout = 30"))
     d.reload(expect_ok=False)
+    # The compressed and the HTTP/2 sessions moved their counters (the panels reading them
+    # must show these, not merely exist).
+    m = d.metrics()
+    for key in ('wsechod_connections_compressed_total', 'wsechod_handshakes_total{http="2"}',
+                'wsechod_http2_connections_total', 'wsechod_compression_wire_bytes_total{direction="received"}',
+                'wsechod_compression_wire_bytes_total{direction="sent"}'):
+        expect(m.get(key, 0) >= 1, f"{key} is {m.get(key)} after the deflate and HTTP/2 sessions")
     # Everything above has ended; then fill max_connections with echoing clients.
     wait_until("no live connections", 10, lambda: sum(
         v for k, v in d.metrics().items() if k.startswith("wsechod_connections{")) == 0)
