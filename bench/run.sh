@@ -21,7 +21,7 @@ usage: bench/run.sh [options]
   --drain-conns N     connections wsechod drains on SIGTERM in the drain measurement
                       (default 10000; 0 skips it)
   --max-drain-ms N    fail if the median drain takes longer than N ms
-  --scenarios "a b"   scenarios to run, of a b c d e (default all)
+  --scenarios "a b"   scenarios to run, of a b c d e f g h i j (default all)
   --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all) and
                       wsechod-nometrics (wsechod with [metrics] enabled = false)
   --out FILE          where the RESULT lines go (default bench/results/<time>.txt);
@@ -33,7 +33,12 @@ usage: bench/run.sh [options]
 
 Scenarios: a) 100 connections ping-pong, 32 B text; b) 100 connections, 16 in flight, 32 B
 text; c) 10 connections ping-pong, 64 KiB binary; d) handshake rate, 32 workers; e) idle
-connections, server RSS per connection.
+connections, server RSS per connection; f) 100 connections ping-pong, 1 KiB JSON-like text,
+permessage-deflate; g) b over HTTP/2, 100 streams on one TCP connection; h) e over HTTP/2,
+100 streams per TCP connection; i) e with permessage-deflate negotiated; j) i after each
+connection echoed one compressed 1 KiB message. tt-echo speaks neither permessage-deflate nor
+HTTP/2, tcp-echo no HTTP/2: f-j run only on the servers that can (tcp-echo gets f's
+compressed frames as bytes).
 
 Environment: BENCH_WSECHOD_ENV="WSECHOD_X__Y=V ..." passes settings to wsechod for experiments
 (the default is the shipped configuration untouched). BENCH_SERVER_CPU (default 0) and
@@ -54,7 +59,7 @@ HOLD=
 QUICK=0
 IDLE_CONNS=10000
 MAX_IDLE_KIB=
-SCENARIOS="a b c d e"
+SCENARIOS="a b c d e f g h i j"
 SERVERS="tcp-echo wsechod tt-echo"
 OUT=
 BUILD=1
@@ -106,7 +111,7 @@ MAX_DRAIN_MS=${MAX_DRAIN_MS:-}
 [[ $DRAIN_CONNS =~ ^[0-9]+$ ]] || die "--drain-conns must be a whole number"
 [[ -z $MAX_DRAIN_MS || $MAX_DRAIN_MS =~ ^[0-9]+$ ]] || die "--max-drain-ms must be a whole number"
 [[ -z $MAX_IDLE_KIB || $MAX_IDLE_KIB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--max-idle-kib must be a number"
-for s in $SCENARIOS; do [[ $s =~ ^[a-e]$ ]] || die "unknown scenario $s"; done
+for s in $SCENARIOS; do [[ $s =~ ^[a-j]$ ]] || die "unknown scenario $s"; done
 for s in $SERVERS; do
     case $s in tcp-echo | wsechod | wsechod-nometrics | tt-echo) ;; *) die "unknown server $s" ;; esac
 done
@@ -279,7 +284,21 @@ desc() {
         c) echo "10 conns ping-pong 64 KiB binary" ;;
         d) echo "handshakes, 32 workers" ;;
         e) echo "$IDLE_CONNS idle conns" ;;
+        f) echo "100 conns ping-pong 1 KiB JSON, deflate" ;;
+        g) echo "b over HTTP/2 (100 streams, 1 TCP conn)" ;;
+        h) echo "$IDLE_CONNS idle HTTP/2 streams, 100 per TCP conn" ;;
+        i) echo "$IDLE_CONNS idle conns, deflate negotiated" ;;
+        j) echo "$IDLE_CONNS idle conns, deflate, 1 KiB echoed" ;;
     esac
+}
+
+# Whether scenario $1 runs on server $2: tt-echo has neither permessage-deflate nor HTTP/2,
+# tcp-echo has no HTTP/2 (it gets the compressed frames of f as bytes).
+runs_on() {
+    case $1-$2 in
+        [f-j]-tt-echo | [ghij]-tcp-echo) return 1 ;;
+    esac
+    return 0
 }
 
 # The load generator's arguments for scenario $1.
@@ -291,13 +310,18 @@ bench_args() {
         c) echo echo -c 10 -k 1 -s 65536 "${t[@]}" ;;
         d) echo handshake -c 32 "${t[@]}" ;;
         e) echo idle -c "$IDLE_CONNS" --hold "$HOLD" ;;
+        f) echo echo -c 100 -k 1 -s 1024 --text --json --deflate "${t[@]}" ;;
+        g) echo echo -c 100 -k 16 -s 32 --text --http2 --streams-per-conn 100 "${t[@]}" ;;
+        h) echo idle -c "$IDLE_CONNS" --hold "$HOLD" --http2 --streams-per-conn 100 ;;
+        i) echo idle -c "$IDLE_CONNS" --hold "$HOLD" --deflate ;;
+        j) echo idle -c "$IDLE_CONNS" --hold "$HOLD" --deflate --echo-first 1024 ;;
     esac
 }
 
 # An upper bound on one load generator run, in seconds.
 bench_limit() {
     case $1 in
-        e) echo $((60 + 120 + ${HOLD%.*} + 30)) ;;
+        [ehij]) echo $((60 + 120 + ${HOLD%.*} + 30)) ;;
         *) echo $((60 + ${WARMUP%.*} + ${DURATION%.*})) ;;
     esac
 }
@@ -310,13 +334,19 @@ bench_limit() {
 } >"$OUT"
 
 FAILED=0
-TOTAL=$((RUNS * $(wc -w <<<"$SCENARIOS") * $(wc -w <<<"$SERVERS")))
+TOTAL=0
+for sc in $SCENARIOS; do
+    for server in $SERVERS; do
+        if runs_on "$sc" "$server"; then TOTAL=$((TOTAL + RUNS)); fi
+    done
+done
 N=0
 echo "== $TOTAL runs; RESULT lines go to $OUT"
 for run in $(seq "$RUNS"); do
     for sc in $SCENARIOS; do
         # Servers take turns within a run, so that a slow drift of the machine hits all alike.
         for server in $SERVERS; do
+            runs_on "$sc" "$server" || continue
             N=$((N + 1))
             tag="$sc-$server-$run"
             wait_quiet

@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::EchoArgs;
+use crate::conn::Conn;
 use crate::proc::{Window, sample_at, secs};
 use crate::report::{Errors, Report, latency_fields, nanos, round};
-use crate::target::{
-    BINARY, Kind, TEXT, Target, bad, client_frame, inflate, json, payload, read_frame,
-};
+use crate::target::{BINARY, Kind, TEXT, bad, client_frame, inflate, json, payload, read_frame};
 
 struct Plan {
     /// K copies of the client frame, back to back.
@@ -49,7 +47,7 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
-    let target = Arc::new(Target::parse(&common.url, source_ips, common.deflate)?);
+    let target = Arc::new(common.target(source_ips)?);
     if args.inflight == 0 || common.conns == 0 {
         return Err("--conns and --inflight must be at least 1".into());
     }
@@ -70,14 +68,10 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
         let (target, gate) = (target.clone(), gate.clone());
         connecting.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
-            tokio::time::timeout(timeout, async {
-                let mut s = target.connect(i).await?;
-                let rest = target.upgrade(&mut s).await?;
-                Ok::<_, std::io::Error>((s, rest))
-            })
-            .await
-            .map_err(|_| "connect/upgrade timed out".to_string())?
-            .map_err(|e| e.to_string())
+            tokio::time::timeout(timeout, target.open(i))
+                .await
+                .map_err(|_| "connect/upgrade timed out".to_string())?
+                .map_err(|e| e.to_string())
         }));
     }
     let mut streams = Vec::with_capacity(common.conns);
@@ -174,7 +168,7 @@ pub async fn run(args: &EchoArgs) -> Result<Report, String> {
 /// Sends one message and returns the server's frame for it, after checking that it carries
 /// RSV1 and inflates to what was sent.
 async fn learn_reply(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     pending: &mut Vec<u8>,
     client_frame: &[u8],
     opcode: u8,
@@ -198,7 +192,7 @@ async fn learn_reply(
 }
 
 /// Drives one connection until the end of the window.
-async fn connection(mut stream: TcpStream, leftover: Vec<u8>, plan: Arc<Plan>) -> ConnResult {
+async fn connection(mut stream: Conn, leftover: Vec<u8>, plan: Arc<Plan>) -> ConnResult {
     let mut result = ConnResult::default();
     tokio::time::sleep_until(plan.start.into()).await;
     if let Err(e) = drive(&mut stream, leftover, &plan, &mut result).await {
@@ -208,7 +202,7 @@ async fn connection(mut stream: TcpStream, leftover: Vec<u8>, plan: Arc<Plan>) -
 }
 
 async fn drive(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     leftover: Vec<u8>,
     plan: &Plan,
     result: &mut ConnResult,

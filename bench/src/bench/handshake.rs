@@ -36,6 +36,11 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
+    if common.http2 {
+        return Err(
+            "handshake mode measures HTTP/1.1 upgrades; --http2 is for echo and idle".into(),
+        );
+    }
     let target = Target::parse(&common.url, source_ips, common.deflate)?;
     if common.conns == 0 {
         return Err("--conns must be at least 1".into());

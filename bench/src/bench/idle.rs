@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::IdleArgs;
+use crate::conn::Conn;
 use crate::proc::{Sample, Window, rss_kib, secs};
 use crate::report::{Errors, Report, round};
-use crate::target::{BINARY, Kind, TEXT, Target, bad, client_frame, inflate, json, payload, read_frame};
+use crate::target::{
+    BINARY, Kind, TEXT, Target, bad, client_frame, inflate, json, payload, read_frame,
+};
 
 /// One message a connection sends, and how its echo is checked.
 struct Message {
@@ -38,7 +40,7 @@ impl Message {
     }
 
     /// Sends it and checks the echo.
-    async fn echo(&self, s: &mut TcpStream) -> std::io::Result<()> {
+    async fn echo(&self, s: &mut Conn) -> std::io::Result<()> {
         s.write_all(&self.sent).await?;
         if self.tcp {
             let mut got = vec![0u8; self.sent.len()];
@@ -81,7 +83,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
     } else {
         common.source_ips
     };
-    let target = Arc::new(Target::parse(&common.url, source_ips, common.deflate)?);
+    let target = Arc::new(common.target(source_ips)?);
     let pid = common.server_pid;
     let rss = |what: &str| -> Result<Option<u64>, String> {
         pid.map(rss_kib)
@@ -107,8 +109,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let open = tokio::time::timeout(timeout, async {
-                let mut s = target.connect(i).await?;
-                let rest = target.upgrade(&mut s).await?;
+                let (mut s, rest) = target.open(i).await?;
                 if let Some(m) = &first {
                     m.echo(&mut s).await?;
                 }
@@ -200,6 +201,8 @@ pub async fn run(args: &IdleArgs) -> Result<Report, String> {
 
     let mut report = Report::new("idle", common, &target);
     report.set("opened", opened);
+    report.set("deflate", target.deflate);
+    report.set("echo_first", args.echo_first);
     report.set("open_s", round(open_secs, 3));
     report.set("hold_s", args.hold);
     report.set("alive_after_hold", alive);

@@ -4,7 +4,9 @@
 //! compare of the echoed server frames) to stay cheap on the client side, and drives the
 //! same bytes into a raw TCP echo for the baseline. See `bench/README.md`.
 
+mod conn;
 mod echo;
+mod h2;
 mod handshake;
 mod idle;
 mod proc;
@@ -70,9 +72,26 @@ pub struct Common {
     /// messages (RSV1). A tcp:// target gets the same compressed frames.
     #[arg(long)]
     pub deflate: bool,
+    /// Carry the WebSockets as HTTP/2 streams (RFC 8441 extended CONNECT, h2c with prior
+    /// knowledge), --streams-per-conn of them on each TCP connection (echo and idle).
+    #[arg(long)]
+    pub http2: bool,
+    /// With --http2: WebSocket streams per TCP connection.
+    #[arg(long, default_value_t = 100, requires = "http2")]
+    pub streams_per_conn: usize,
 }
 
 impl Common {
+    /// The target of `url`, over HTTP/2 with `--http2`.
+    pub fn target(&self, source_ips: u8) -> Result<target::Target, String> {
+        let t = target::Target::parse(&self.url, source_ips, self.deflate)?;
+        if self.http2 {
+            t.over_http2(self.conns, self.streams_per_conn)
+        } else {
+            Ok(t)
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout)
     }

@@ -29,6 +29,11 @@ impl Report {
             }),
         );
         fields.insert("conns".into(), json!(common.conns));
+        fields.insert("http".into(), json!(if common.http2 { "2" } else { "1.1" }));
+        if let Some(tcp) = target.http2_tcp_conns() {
+            fields.insert("tcp_conns".into(), json!(tcp));
+            fields.insert("streams_per_conn".into(), json!(common.streams_per_conn));
+        }
         fields.insert("source_ips".into(), json!(target.source_count()));
         fields.insert("client_threads".into(), json!(common.threads.max(1)));
         fields.insert("server_pid".into(), json!(common.server_pid));

@@ -275,7 +275,12 @@ pub fn run(args: &SummarizeArgs) -> i32 {
         let idle: Vec<&Row> = rows
             .iter()
             .filter(|r| {
-                r.server == args.check_server && text(&r.fields, "mode").as_deref() == Some("idle")
+                // Plain idle connections: not HTTP/2 streams, no compression, no first echo.
+                r.server == args.check_server
+                    && text(&r.fields, "mode").as_deref() == Some("idle")
+                    && text(&r.fields, "http").as_deref() != Some("2")
+                    && r.fields.get("deflate") != Some(&Value::Bool(true))
+                    && text(&r.fields, "echo_first").is_none()
             })
             .collect();
         match med(&idle, "rss_per_conn_kib") {

@@ -5,8 +5,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::conn::Conn;
+use crate::h2::Pool;
 
 /// The `Sec-WebSocket-Key` of RFC 6455 section 1.3 and the accept value it must produce.
 /// One fixed key is enough: the server computes the SHA-1 for it all the same.
@@ -22,7 +25,6 @@ pub enum Kind {
     Tcp,
 }
 
-#[derive(Clone, Debug)]
 pub struct Target {
     pub kind: Kind,
     pub url: String,
@@ -35,6 +37,8 @@ pub struct Target {
     sources: Vec<IpAddr>,
     /// Offer (and require) permessage-deflate in the upgrade.
     pub deflate: bool,
+    /// WebSockets over HTTP/2 (RFC 8441, h2c): the shared TCP connections.
+    http2: Option<Pool>,
 }
 
 impl Target {
@@ -74,7 +78,44 @@ impl Target {
             path: path.to_owned(),
             sources,
             deflate,
+            http2: None,
         })
+    }
+
+    /// Carries the WebSockets as HTTP/2 streams (extended CONNECT, h2c with prior knowledge),
+    /// `per_conn` of the `streams` on each TCP connection.
+    pub fn over_http2(mut self, streams: usize, per_conn: usize) -> Result<Target, String> {
+        if self.kind != Kind::Ws {
+            return Err(format!("{}: HTTP/2 needs a ws:// target", self.url));
+        }
+        self.http2 = Some(Pool::new(streams, per_conn));
+        Ok(self)
+    }
+
+    /// The TCP connections of an HTTP/2 run.
+    pub fn http2_tcp_conns(&self) -> Option<usize> {
+        self.http2.as_ref().map(Pool::tcp_conns)
+    }
+
+    /// The `Host` header value (`:authority` over HTTP/2).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The request target of the upgrade (`:path` over HTTP/2).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Connection number `n`, ready for frames: connected and upgraded (a stream opened with
+    /// an extended CONNECT over HTTP/2). Also returns bytes that came after the upgrade.
+    pub async fn open(&self, n: usize) -> io::Result<(Conn, Vec<u8>)> {
+        if let Some(pool) = &self.http2 {
+            return Ok((Conn::H2(pool.open(self, n).await?), Vec::new()));
+        }
+        let mut s = self.connect(n).await?;
+        let rest = self.upgrade(&mut s).await?;
+        Ok((Conn::Tcp(s), rest))
     }
 
     pub fn source_count(&self) -> usize {
@@ -161,13 +202,18 @@ impl Target {
                 Some((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
             })
             .collect();
-        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
         let accept = header("sec-websocket-accept");
         if accept != Some(ACCEPT) {
             return Err(bad(format!("wrong Sec-WebSocket-Accept {accept:?}")));
         }
-        let negotiated = header("sec-websocket-extensions")
-            .is_some_and(|e| e.starts_with("permessage-deflate"));
+        let negotiated =
+            header("sec-websocket-extensions").is_some_and(|e| e.starts_with("permessage-deflate"));
         if negotiated != self.deflate {
             return Err(bad(format!(
                 "permessage-deflate offered: {}, negotiated: {negotiated}",
@@ -256,8 +302,12 @@ pub fn inflate(payload: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() * 8 + 1024);
     loop {
         let before = d.total_in();
-        d.decompress_vec(&input[before as usize..], &mut out, flate2::FlushDecompress::Sync)
-            .map_err(|e| bad(format!("inflate: {e}")))?;
+        d.decompress_vec(
+            &input[before as usize..],
+            &mut out,
+            flate2::FlushDecompress::Sync,
+        )
+        .map_err(|e| bad(format!("inflate: {e}")))?;
         if d.total_in() as usize == input.len() {
             return Ok(out);
         }
@@ -267,8 +317,8 @@ pub fn inflate(payload: &[u8]) -> io::Result<Vec<u8>> {
 
 /// Reads one whole server frame: (first byte, its bytes on the wire, payload). `pending`
 /// holds bytes already read; what follows the frame stays in it.
-pub async fn read_frame(
-    stream: &mut TcpStream,
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
     pending: &mut Vec<u8>,
 ) -> io::Result<(u8, Vec<u8>, Vec<u8>)> {
     loop {
@@ -326,7 +376,7 @@ pub fn json(size: usize) -> Vec<u8> {
         s.push_str(&format!(
             "{{\"id\":{i},\"user\":\"user-{:05}\",\"active\":{},\"score\":{}.{},\"tags\":[\"alpha\",\"beta\"]}},",
             i * 7919 % 100_000,
-            i % 3 == 0,
+            i.is_multiple_of(3),
             i % 100,
             i * 37 % 10
         ));
