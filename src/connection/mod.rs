@@ -67,19 +67,25 @@ pub struct Opening {
 /// Serves one upgraded connection until it ends, recording its end state on `tracker`.
 /// `drain` starts a graceful close with the configured code and reason, at this
 /// connection's turn.
-pub async fn serve<S>(
+///
+/// Not an `async fn`: one would keep its arguments (the socket, the opening) in its state
+/// beside the connection built from them, for the connection's whole life.
+pub fn serve<'a, S>(
     io: S,
     opening: Opening,
-    tracker: &ConnTracker,
-    metrics: &Metrics,
-    settings: &Settings,
-    drain: &Drain,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    tracker: &'a ConnTracker,
+    metrics: &'a Metrics,
+    settings: &'a Settings,
+    drain: &'a Drain,
+) -> impl Future<Output = ()> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
 {
     let mut conn = Connection::new(io, opening, tracker, metrics, settings);
-    conn.run(drain).await;
-    conn.echo.log_end();
+    async move {
+        conn.run(drain).await;
+        conn.echo.log_end();
+    }
 }
 
 /// What one batch (one read's worth of input) came to.

@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use super::limits::Admission;
 use super::{Accepted, Shared};
@@ -212,7 +212,14 @@ fn stream(
     let upgrade = hyper::upgrade::on(&mut req);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     // Its own root span: a stream is a connection, not a part of the TCP connection's.
-    let span = info_span!(parent: None, "conn", conn_id = id, peer = %accepted.peer, http = 2);
+    let span = debug_span!(
+        target: "wsechod::connection",
+        parent: None,
+        "conn",
+        conn_id = id,
+        peer = %accepted.peer,
+        http = 2
+    );
     let guard = streams.enter();
     let (settings, shared) = (settings.clone(), shared.clone());
     let greeting = settings.greeting.as_ref().map(|g| {

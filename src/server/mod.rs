@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use self::limits::{Admission, Counts};
 use self::sniff::{Prefixed, Protocol};
@@ -111,8 +112,11 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                    // Its fields are journal fields under journald (CONN_ID, PEER).
-                    let span = info_span!("conn", conn_id = id, %peer);
+                    // Its fields are journal fields under journald (CONN_ID, PEER). A debug
+                    // span of the connection lines' target: no connection logs anything
+                    // above debug, and an enabled span costs every idle connection about
+                    // 400 bytes.
+                    let span = debug_span!(target: "wsechod::connection", "conn", conn_id = id, %peer);
                     let task = Handler::new(id, stream, peer, shared.clone()).run();
                     shared.tasks.spawn(task.instrument(span));
                 }
@@ -173,56 +177,79 @@ impl Handler {
     }
 
     /// Serves the connection; at the drain's end, whatever is left of it is aborted.
-    async fn run(self) {
+    ///
+    /// This and the functions below it are not `async fn`s: an `async fn` keeps its
+    /// arguments in its state for as long as it runs, so the socket would be kept once per
+    /// level, beside the copy the connection uses, in every open connection's task.
+    fn run(self) -> impl Future<Output = ()> + 'static {
         let Handler {
             stream,
             settings,
             shared,
-            _admission,
+            _admission: admission,
             accepted,
             tracker,
         } = self;
-        let abort = shared.abort.clone();
-        tokio::select! {
-            biased;
-            () = abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
-            () = serve(stream, &accepted, &tracker, &settings, &shared) => {}
+        async move {
+            let _place = &admission;
+            tokio::select! {
+                biased;
+                () = shared.abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+                () = serve(stream, &accepted, &tracker, &settings, &shared) => {}
+            }
         }
     }
 }
 
-async fn serve(
+fn serve<'a>(
     stream: TcpStream,
+    accepted: &'a Accepted,
+    tracker: &'a ConnTracker,
+    settings: &'a Arc<Settings>,
+    shared: &'a Arc<Shared>,
+) -> impl Future<Output = ()> + 'a {
+    match &settings.tls {
+        None => Either::Left(serve_io(stream, accepted, tracker, settings, shared)),
+        // Boxed as a whole: the TLS handshake's result (a TLS stream, kilobytes) would
+        // otherwise take room in every plain connection's task, also after the upgrade.
+        Some(tls) => Either::Right(Box::pin(serve_tls(
+            stream,
+            tls.clone(),
+            accepted,
+            tracker,
+            settings,
+            shared,
+        ))),
+    }
+}
+
+/// The TLS handshake, then HTTP/2 (ALPN `h2`) or HTTP/1.1, then the WebSocket.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
     accepted: &Accepted,
     tracker: &ConnTracker,
     settings: &Arc<Settings>,
     shared: &Arc<Shared>,
 ) {
-    match &settings.tls {
-        None => serve_io(stream, accepted, tracker, settings, shared).await,
-        // Boxed: TLS state is large, and plain connections should not carry its size.
-        Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            let handshake = tokio::time::timeout_at(accepted.deadline, acceptor.accept(stream));
-            match Box::pin(handshake).await {
-                Ok(Ok(tls_stream)) => {
-                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    if h2 {
-                        Box::pin(h2::serve(tls_stream, accepted, tracker, settings, shared)).await;
-                    } else {
-                        let io = Prefixed::new(Vec::new(), tls_stream);
-                        Box::pin(serve_http1(io, accepted, tracker, settings, shared)).await;
-                    }
-                }
-                Ok(Err(e)) => {
-                    debug!(error = %e, "TLS handshake failed");
-                    tracker.aborted(AbortReason::HandshakeFailed);
-                }
-                Err(_) => {
-                    debug!("TLS handshake timed out");
-                    tracker.aborted(AbortReason::HandshakeFailed);
-                }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = tokio::time::timeout_at(accepted.deadline, acceptor.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls_stream)) => {
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Box::pin(h2::serve(tls_stream, accepted, tracker, settings, shared)).await;
+            } else {
+                let io = Prefixed::new(Vec::new(), tls_stream);
+                Box::pin(serve_http1(io, accepted, tracker, settings, shared)).await;
             }
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            tracker.aborted(AbortReason::HandshakeFailed);
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            tracker.aborted(AbortReason::HandshakeFailed);
         }
     }
 }
@@ -230,64 +257,69 @@ async fn serve(
 /// A cleartext connection on any byte stream (TCP, or a test's in-memory pipe): HTTP/2
 /// with prior knowledge when it opens with the preface and HTTP/2 is on, else the
 /// HTTP/1.1 handshake, then the WebSocket.
-pub async fn serve_io<IO>(
+pub fn serve_io<'a, IO>(
     io: IO,
-    accepted: &Accepted,
-    tracker: &ConnTracker,
-    settings: &Arc<Settings>,
-    shared: &Arc<Shared>,
-) where
+    accepted: &'a Accepted,
+    tracker: &'a ConnTracker,
+    settings: &'a Arc<Settings>,
+    shared: &'a Arc<Shared>,
+) -> impl Future<Output = ()> + 'a
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if settings.http2.is_none() {
         let io = Prefixed::new(Vec::new(), io);
-        return serve_http1(io, accepted, tracker, settings, shared).await;
+        return Either::Left(serve_http1(io, accepted, tracker, settings, shared));
     }
-    let sniffed = tokio::time::timeout_at(accepted.deadline, sniff::sniff(io)).await;
-    match sniffed {
-        Ok((Protocol::Http2, io)) => {
-            Box::pin(h2::serve(io, accepted, tracker, settings, shared)).await;
-        }
-        Ok((Protocol::Http1, io)) => serve_http1(io, accepted, tracker, settings, shared).await,
-        Err(_) => {
+    // Boxed, with the socket in it: it is over once the protocol is known.
+    let sniffing = Box::pin(tokio::time::timeout_at(accepted.deadline, sniff::sniff(io)));
+    Either::Right(async move {
+        let Ok((protocol, io)) = sniffing.await else {
             debug!("nothing to tell the protocol by within the handshake timeout");
             tracker.aborted(AbortReason::HandshakeFailed);
+            return;
+        };
+        match protocol {
+            Protocol::Http2 => Box::pin(h2::serve(io, accepted, tracker, settings, shared)).await,
+            Protocol::Http1 => serve_http1(io, accepted, tracker, settings, shared).await,
         }
-    }
+    })
 }
 
 /// The HTTP/1.1 exchange, then the WebSocket.
-async fn serve_http1<IO>(
+fn serve_http1<'a, IO>(
     io: Prefixed<IO>,
-    accepted: &Accepted,
-    tracker: &ConnTracker,
-    settings: &Settings,
-    shared: &Shared,
-) where
+    accepted: &'a Accepted,
+    tracker: &'a ConnTracker,
+    settings: &'a Settings,
+    shared: &'a Shared,
+) -> impl Future<Output = ()> + 'a
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed: hyper's connection state is large and dead once the upgrade is done, so it
     // should not stay in every open connection's task.
-    let upgraded = Box::pin(handshake::upgrade(
+    let handshake = Box::pin(handshake::upgrade(
         io,
         accepted,
         tracker,
         settings,
         &shared.metrics,
-    ))
-    .await;
-    let Some(up) = upgraded else {
-        return;
-    };
-    shared.metrics.handshake_completed(Http::V1);
-    debug!("WebSocket open");
-    connection::serve(
-        up.io,
-        up.opening,
-        tracker,
-        &shared.metrics,
-        settings,
-        &shared.drain,
-    )
-    .await;
+    ));
+    async move {
+        let Some(handshake::Upgraded { io, opening }) = handshake.await else {
+            return;
+        };
+        shared.metrics.handshake_completed(Http::V1);
+        debug!("WebSocket open");
+        connection::serve(
+            io,
+            opening,
+            tracker,
+            &shared.metrics,
+            settings,
+            &shared.drain,
+        )
+        .await;
+    }
 }
