@@ -78,14 +78,17 @@ fn run(messages: impl Fn(usize) -> Message + Send + 'static) -> usize {
             let metrics = Arc::new(Metrics::new());
             let drain = wsechod::shutdown::Drain::new();
             let tracker = ConnTracker::new(metrics.clone());
-            ServerSide(Box::pin(wsechod::connection::serve(
+            // Unconstrained: when a task's cooperative budget runs out (how often depends
+            // on the machine's load), tokio grows its list of deferred wakers once, which
+            // is the runtime's allocation, not the message path's.
+            tokio::task::unconstrained(ServerSide(Box::pin(wsechod::connection::serve(
                 server_io,
                 wsechod::connection::Opening::default(),
                 &tracker,
                 &metrics,
                 &settings,
                 &drain,
-            )))
+            ))))
             .await;
         });
     });
