@@ -25,6 +25,7 @@ Cases (`--list` prints them; name some to run only those):
   keepalive-ws    WebSocket pings per stream: a stream that does not pong is aborted, the
                   connection stays
   keepalive-h2    HTTP/2 PINGs: a client that stops reading loses the whole connection
+  idle-goaway     GOAWAY a handshake_timeout after the last stream ended (or after connecting)
   rapid-reset     HEADERS + RST_STREAM by the hundred per write (CVE-2023-44487), then paced
   stream-flood    600 and 3000 streams at once, beyond max_concurrent_streams
   huge-headers    header lists over server.max_header_size: just over, and 1 MiB
@@ -1427,6 +1428,32 @@ def case_keepalive_h2(ctx):
     ctx.note(f"both connections dropped within {took:.2f} s (ping_interval 1 s + pong_timeout 1 s; "
              f"the idle GOAWAY would be at 30 s); the open stream ended counted as "
              f"{ {k: int(v) for k, v in aborted.items()} }")
+
+
+@case("idle-goaway")
+def case_idle_goaway(ctx):
+    # A connection with no stream for handshake_timeout gets GOAWAY (src/server/h2.rs).
+    d = ctx.daemon(server={"handshake_timeout": "2s"})
+    bare = ctx.client(d)
+    t0 = time.monotonic()
+    bare.wait(lambda: bare.goaways, 5, "GOAWAY on a connection without streams")
+    first = bare.goaways[0][0] - t0
+    check(1.8 <= first < 3, f"GOAWAY {first:.2f} s after connecting (handshake_timeout 2 s)")
+    bare.wait_closed(5)
+    # A stream that ends 1.5 s in: the idle time starts there, not at the connection's start.
+    c = ctx.client(d)
+    t0 = time.monotonic()
+    st = c.ws()
+    c.wait(lambda: time.monotonic() - t0 >= 1.5, 3, "1.5 s with the stream open")
+    st.close_and_wait()
+    ended = st.ended_at
+    c.wait(lambda: c.goaways, 5, "GOAWAY after the last stream")
+    after = c.goaways[0][0] - ended
+    check(1.8 <= after < 3, f"GOAWAY {after:.2f} s after the last stream ended (2 s expected)")
+    code = code_name(c.goaways[0][1])
+    eq(code, "NO_ERROR", "idle GOAWAY code")
+    ctx.note(f"no stream at all: GOAWAY {code} {first:.2f} s after connecting; a stream closed "
+             f"1.5 s in: GOAWAY {after:.2f} s after it ended (handshake_timeout 2 s)")
 
 
 # ---- hostile ----
