@@ -211,7 +211,9 @@ class Daemon:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
         self.messages = []
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WSECHOD_") and k != "RUST_LOG"}
+        # Not the caller's WSECHOD_*, RUST_LOG or journal: the log is read from the file.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("WSECHOD_") and k not in ("RUST_LOG", "JOURNAL_STREAM")}
         env.update({
             "WSECHOD_SERVER__LISTEN": "127.0.0.1:0",
             "WSECHOD_METRICS__LISTEN": "127.0.0.1:0",
