@@ -8,6 +8,8 @@
 #              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
+#   http2      WebSockets over HTTP/2 (h2c) with Python's h2: echo, statuses, streams, drain,
+#              keepalive and hostile HTTP/2, against the release binary
 #   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #   deb        the .deb with cargo-deb, then lintian: no error, no warning
@@ -20,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-stages=(lint test monitoring man autobahn browser fuzz deb e2e)
+stages=(lint test monitoring man autobahn http2 browser fuzz deb e2e)
 if (($# > 0)); then stages=("$@"); fi
 passed=0 failed=0 failures=()
 
@@ -29,7 +31,7 @@ log() { printf '\n==> %s\n' "$*"; }
 # Debian packages the stages need; installed once, without starting any service.
 deps() {
   local pkgs=(prometheus lintian debootstrap systemd-container zstd curl pandoc man-db groff-base shellcheck
-    python3-pyflakes)
+    python3-pyflakes python3-venv)
   local missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -55,7 +57,7 @@ stage_lint() {
     cargo clippy --locked --all-targets -- -D warnings &&
     shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/browser/*.sh \
       man/render.sh packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
-    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring
+    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring tests/http2
 }
 
 stage_test() { cargo test --locked; }
@@ -73,6 +75,9 @@ stage_man() { man/render.sh --check; }
 stage_autobahn() {
   cargo build --locked --release && tests/autobahn/run.sh target/release/wsechod etc/wsechod.toml
 }
+
+# run.py makes (once) a venv with a pinned h2 under the cache and runs itself in it.
+stage_http2() { cargo build --locked --release && /usr/bin/python3 tests/http2/run.py; }
 
 stage_browser() {
   cargo build --locked --release && tests/browser/install.sh && node tests/browser/run.mjs

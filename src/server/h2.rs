@@ -15,8 +15,8 @@
 //!   `websocket.pong_timeout` is dropped.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -39,18 +39,29 @@ use crate::state::AbortReason;
 use crate::tracker::ConnTracker;
 
 /// The WebSocket streams of one HTTP/2 connection that are still running.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Streams {
     /// How many.
     live: AtomicUsize,
     /// Woken whenever one ends.
     ended: Notify,
+    /// When the last one ended, or the connection began: where its time without a stream
+    /// starts once `live` is 0.
+    last_ended: Mutex<Instant>,
 }
 
 /// One stream's place in [`Streams`], given back when it ends.
 struct StreamGuard(Arc<Streams>);
 
 impl Streams {
+    fn new() -> Self {
+        Streams {
+            live: AtomicUsize::new(0),
+            ended: Notify::new(),
+            last_ended: Mutex::new(Instant::now()),
+        }
+    }
+
     fn enter(self: &Arc<Self>) -> StreamGuard {
         self.live.fetch_add(1, Ordering::AcqRel);
         StreamGuard(self.clone())
@@ -58,6 +69,14 @@ impl Streams {
 
     fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Since when the connection has had no stream; `None` while one runs.
+    fn none_since(&self) -> Option<Instant> {
+        if self.live() > 0 {
+            return None;
+        }
+        Some(*self.last_ended.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits until no stream runs.
@@ -74,6 +93,8 @@ impl Streams {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // Before the count goes down: whoever sees 0 streams sees this time too.
+        *self.0.last_ended.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.0.live.fetch_sub(1, Ordering::AcqRel);
         self.0.ended.notify_waiters();
     }
@@ -107,7 +128,7 @@ pub(crate) async fn serve<IO>(
     }
     let _counted = Http2Connection(shared);
     debug!("HTTP/2 connection");
-    let streams = Arc::new(Streams::default());
+    let streams = Arc::new(Streams::new());
     let service = {
         let (settings, shared, streams) = (settings.clone(), shared.clone(), streams.clone());
         let accepted = *accepted;
@@ -157,15 +178,17 @@ pub(crate) async fn serve<IO>(
                 conn.as_mut().graceful_shutdown();
                 goaway = true;
             }
-            () = &mut idle, if !goaway => {
-                if streams.live() == 0 {
+            // Idle since the last stream ended, not merely idle now: a stream that ended a
+            // moment ago does not make the connection idle for `idle_for`.
+            () = &mut idle, if !goaway => match streams.none_since() {
+                Some(since) if since + idle_for <= Instant::now() => {
                     debug!("no stream for {idle_for:?}, sending GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     goaway = true;
-                } else {
-                    idle.as_mut().reset(Instant::now() + idle_for);
                 }
-            }
+                Some(since) => idle.as_mut().reset(since + idle_for),
+                None => idle.as_mut().reset(Instant::now() + idle_for),
+            },
         }
     }
 }
@@ -286,4 +309,145 @@ async fn open(
     )
     .await;
     shared.metrics.http2_stream(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const END_HEADERS: u8 = 0x4;
+    const CANCEL: u32 = 0x8;
+
+    /// Frames the server sent: (virtual time it arrived, type, stream).
+    type Frames = mpsc::UnboundedReceiver<(Instant, u8, u32)>;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = len[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// The header block of an extended CONNECT (RFC 8441) for `/ws`, as HPACK literals
+    /// without indexing or Huffman coding.
+    fn connect() -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":path", "/ws"),
+            (":authority", "localhost"),
+            ("sec-websocket-version", "13"),
+        ] {
+            block.push(0);
+            block.push(u8::try_from(name.len()).unwrap());
+            block.extend(name.as_bytes());
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend(value.as_bytes());
+        }
+        block
+    }
+
+    /// An h2c connection served as the accept loop serves one, after the client's preface
+    /// and SETTINGS: the client's writing half, and the frames the server sends.
+    async fn connection(settings: Settings) -> (WriteHalf<DuplexStream>, Frames) {
+        let shared = Shared::new(settings, Arc::new(Metrics::new()));
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let settings = shared.settings.load_full();
+            let tracker = ConnTracker::new(shared.metrics.clone());
+            let accepted = Accepted {
+                id: 1,
+                peer: "192.0.2.1:50000".parse().unwrap(),
+                local: "192.0.2.2:8080".parse().unwrap(),
+                limit: Limit::None,
+                deadline: Instant::now() + settings.handshake_timeout,
+            };
+            super::super::serve_io(server, &accepted, &tracker, &settings, &shared).await;
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(super::super::sniff::PREFACE).await.unwrap();
+        wr.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut head = [0u8; 9];
+            while rd.read_exact(&mut head).await.is_ok() {
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0; len];
+                if rd.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                if tx.send((Instant::now(), head[3], stream)).is_err() {
+                    break;
+                }
+            }
+        });
+        (wr, rx)
+    }
+
+    /// The next frame of `kind`: when it came, and its stream.
+    async fn next(frames: &mut Frames, kind: u8) -> (Instant, u32) {
+        loop {
+            let (at, k, stream) = frames.recv().await.expect("the connection ended first");
+            if k == kind {
+                return (at, stream);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_streams_gets_goaway_after_the_handshake_timeout() {
+        let settings = Settings::default();
+        let idle = settings.handshake_timeout;
+        let start = Instant::now();
+        let (_client, mut frames) = connection(settings).await;
+        let (goaway, _) = next(&mut frames, GOAWAY).await;
+        let after = goaway - start;
+        assert!(
+            after >= idle && after < idle + Duration::from_secs(1),
+            "GOAWAY after {after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn goaway_waits_a_whole_handshake_timeout_after_the_last_stream_ended() {
+        let settings = Settings::default();
+        let idle = settings.handshake_timeout;
+        let start = Instant::now();
+        let (mut client, mut frames) = connection(settings).await;
+        client
+            .write_all(&frame(HEADERS, END_HEADERS, 1, &connect()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut frames, HEADERS).await.1, 1, "the 200 on stream 1");
+        // The stream lives until a second before the timeout, then the client resets it:
+        // the connection has been without a stream for a second, not for the timeout.
+        tokio::time::sleep_until(start + idle - Duration::from_secs(1)).await;
+        client
+            .write_all(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+            .await
+            .unwrap();
+        let ended = Instant::now();
+        let (goaway, _) = next(&mut frames, GOAWAY).await;
+        let after = goaway - ended;
+        assert!(
+            after >= idle && after < idle + Duration::from_secs(1),
+            "GOAWAY {after:?} after the last stream ended (handshake_timeout {idle:?})"
+        );
+    }
 }
