@@ -1,8 +1,8 @@
 //! The tracker that moves one connection through the six states while keeping the shared
 //! gauges right.
 //!
-//! Invariant: every accepted TCP connection, and every HTTP/2 stream that asks for a
-//! WebSocket, has exactly one [`ConnTracker`]; while it lives, it is counted in exactly one
+//! Invariant: every accepted TCP connection, and every request (stream) on an HTTP/2
+//! connection, has exactly one [`ConnTracker`]; while it lives, it is counted in exactly one
 //! live-state gauge; when it ends (explicitly or by being dropped) it is counted exactly
 //! once as Closed or Aborted, or, for a TCP connection that turns out to speak HTTP/2,
 //! handed over to `wsechod_http2_connections_total` (its streams are the connections from

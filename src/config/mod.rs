@@ -1,8 +1,8 @@
 //! The configuration: what `wsechod.toml` and `WSECHOD_<SECTION>__<KEY>` environment
 //! variables may say, and how it is loaded, checked and reloaded. One file per concern:
 //!
-//! - the schema, one struct per section with `deny_unknown_fields`: `server.rs`,
-//!   `websocket.rs`, `service.rs` (metrics, tls, shutdown, log);
+//! - the schema, one struct per section with `deny_unknown_fields`: `server.rs` (server,
+//!   console), `websocket.rs`, `http2.rs`, `service.rs` (metrics, tls, shutdown, log);
 //! - `units.rs`: sizes and durations as the file writes them;
 //! - `load.rs`: merging defaults, file and environment, naming the origin of every error;
 //! - `validate.rs`: ranges and relations, as a typed [`Invalid`];

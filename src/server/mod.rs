@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - every accepted connection runs in its own task, tracked in [`Shared::tasks`], with one
-//!   tracing span (`conn{id, peer}`) and one [`ConnTracker`];
+//!   tracing span (`conn{conn_id, peer}`) and one [`ConnTracker`];
 //! - per-connection errors stay in the connection: they are logged at debug level in its
 //!   span and never reach the accept loop.
 
@@ -83,7 +83,7 @@ impl Shared {
 /// What the accept loop knows about a new connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Accepted {
-    /// Its id in the logs (`conn{id}`).
+    /// Its id in the logs (`conn{conn_id}`).
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
