@@ -473,20 +473,25 @@ def _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code):
         if not drains[n]:
             continue
         sig, lc, done = drains[n][0]
-        if not want(sig and lc, f"{i['unit']}: SIGTERM or drain line missing"):
+        # Without a delay there is no "not ready" line: the restart command is then the
+        # earliest the SIGTERM can have come.
+        want(sig, f"{i['unit']}: no \"not ready; serving for\" line: no [shutdown] delay?")
+        if not want(lc, f"{i['unit']}: no \"draining, sending close\" line"):
             continue
         want(int(done.get("ABORTED", -1)) == 0 and int(done.get("ABORTED_AT_DEADLINE", -1)) == 0
              and done.get("OPEN") == done.get("CLOSED"),
              f"{i['unit']}: drain open={done.get('OPEN')} closed={done.get('CLOSED')} "
              f"aborted={done.get('ABORTED')} at_deadline={done.get('ABORTED_AT_DEADLINE')}")
-        t_sig, t_closed, t_done = mono(sig), mono(lc), mono(done)
         r = restarts[n]
+        t_sig, t_closed, t_done = mono(sig) if sig else r["cmd"], mono(lc), mono(done)
         mine = [c for c in changes if c[1] == i["name"] and r["cmd"] <= c[0] <= r["up_seen"]]
         down = [c for c in mine if c[3] == "DOWN"]
         first_fail = [c for c in mine if c[2] == "UP" and c[3] != "UP"]
         up = [c for c in mine if c[3] == "UP"]
         if not want(len(down) == 1 and len(up) == 1,
-                    f"{i['name']}: state changes {[(round(c[0], 3), c[2], c[3]) for c in mine]}"):
+                    f"{i['name']}: HAProxy did not mark it DOWN once and UP once during its "
+                    f"restart: {[(round(c[0] - t_sig, 3), c[2], c[3]) for c in mine]} (s after "
+                    f"SIGTERM; listener closed +{t_closed - t_sig:.3f} s)"):
             continue
         t_down, t_up = down[0][0], up[0][0]
         want(t_sig < t_down < t_closed,
