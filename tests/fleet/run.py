@@ -6,7 +6,8 @@ closes; the instances are restarted one after another.
 
 It passes only if:
   * no connection attempt was refused or failed, at the clients (examples/fleet.rs) and
-    inside HAProxy (no connect error, retry or redispatch, no 5xx of its own);
+    inside HAProxy (no connect error, retry or redispatch, no 5xx of its own; its log has
+    one session per connection, each a 101 that ended normally, "----");
   * every message the daemon read before it sent that connection's close frame was
     answered, in order, and every unanswered message was read by the daemon after its
     close frame (it crossed the close frame on the wire: RFC 6455 forbids answering it).
@@ -340,7 +341,7 @@ def _run_fleet(ct, inst, poller, hap, front_port, t_all_up, delay, drain_timeout
                 lambda: all(int(r["scur"] or 0) == 0 for r in show_stat(poller.sock_path).values()), 10)
     changes = poller.snapshot()[1]
     rows = show_stat(poller.sock_path)
-    _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code)
+    _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code, hap.text())
 
     # apt-get remove stops every instance of the template too (the prerm), each draining.
     ct.c("apt-get", "remove", "-y", "-q", "wsechod", timeout=delay + 60)
@@ -351,7 +352,7 @@ def _run_fleet(ct, inst, poller, hap, front_port, t_all_up, delay, drain_timeout
                   len(ct.journal_lines(i["unit"], "drain complete, exiting")), 2)
 
 
-def _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code):
+def _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code, hap_log):
     problems = []
 
     def want(ok, what):
@@ -370,6 +371,15 @@ def _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code):
         r = rows[name]
         for k in ("econ", "wretr", "wredis", "ereq", "hrsp_5xx"):
             want(int(r.get(k) or 0) == 0, f"HAProxy {name} {k} = {r.get(k)}")
+
+    # HAProxy's log (option httplog): one line per session, at its end. Each must be a 101
+    # that ended normally (termination state "----": no abort, timeout or error).
+    sessions = re.findall(r"^\S+ \[[^\]]+\] \S+ \S+/(\S+) \S+ (\d{3}) \d+ \S+ \S+ (\S{4}) .*"
+                          r'"GET /ws HTTP/1\.1"$', hap_log, re.M)
+    odd = [x for x in sessions if x[1:] != ("101", "----")]
+    want(len(sessions) == totals["connected"] and not odd,
+         f"HAProxy logged {len(sessions)} sessions for {totals['connected']} connections; "
+         f"not 101 or not ended normally: {odd[:10]}")
 
     # --- the daemon's journal, per process and connection ---
     ended = {}   # (n, pid, conn_id) -> journal entry of "connection ended"
@@ -530,7 +540,8 @@ def _check(ct, inst, totals, rows, changes, restarts, t_all_up, close_code):
     lines = [
         f"attempts {totals['attempts']}: connected {totals['connected']}, refused "
         f"{totals['refused']}, failed {totals['failed']}; HAProxy: connect errors {hap['econ']}, "
-        f"retries {hap['wretr']}, redispatches {hap['wredis']}, 5xx {hap['hrsp_5xx']}",
+        f"retries {hap['wretr']}, redispatches {hap['wredis']}, 5xx {hap['hrsp_5xx']}; its log: "
+        f"{len(sessions)} sessions, {len(sessions) - len(odd)} of them 101 and ended normally",
         f"messages: sent {sent}, echoed {echoed}, unanswered {unanswered}: all of them read by "
         f"the daemon after its close frame (discarded {discarded}, on {crossed_conns} "
         f"connections); {matched} of {len(totals['conns'])} connections matched with the "
