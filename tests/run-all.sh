@@ -12,8 +12,12 @@
 #              keepalive and hostile HTTP/2, against the release binary
 #   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
+#   examples   the shipped HAProxy and Kubernetes examples, checked for form: haproxy -c,
+#              kubernetes-validate (PyPI, in a venv in the cache), the daemon's --check-config
 #   deb        the .deb with cargo-deb, then lintian: no error, no warning
 #   e2e        real systemd in systemd-nspawn: apt install, reload, drain, upgrade, purge
+#   fleet      the shipped HAProxy example run for real in front of three instances under
+#              systemd: 200 clients echoing while each instance restarts in turn
 #
 # Needs root on Debian 12 (it installs Debian packages it lacks). Slow parts are cached
 # under ${XDG_CACHE_HOME:-~/.cache}/wsechod. Ends with "run-all: N passed, N failed".
@@ -22,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-stages=(lint test monitoring man autobahn http2 browser fuzz deb e2e)
+stages=(lint test monitoring man autobahn http2 browser fuzz examples deb e2e fleet)
 if (($# > 0)); then stages=("$@"); fi
 passed=0 failed=0 failures=()
 
@@ -31,14 +35,14 @@ log() { printf '\n==> %s\n' "$*"; }
 # Debian packages the stages need; installed once, without starting any service.
 deps() {
   local pkgs=(prometheus lintian debootstrap systemd-container zstd curl pandoc man-db groff-base shellcheck
-    python3-pyflakes python3-venv)
+    python3-pyflakes python3-venv haproxy)
   local missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return 0
   log "installing ${missing[*]}"
-  # The prometheus package would start a service on :9090; tests run their own.
+  # The prometheus and haproxy packages would start services; tests run their own.
   local policy=/usr/sbin/policy-rc.d created=""
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created=1
@@ -57,7 +61,7 @@ stage_lint() {
     cargo clippy --locked --all-targets -- -D warnings &&
     shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/browser/*.sh \
       man/render.sh packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
-    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring tests/http2
+    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring tests/http2 tests/fleet tests/examples
 }
 
 stage_test() { cargo test --locked; }
@@ -97,11 +101,20 @@ stage_deb() {
 
 stage_e2e() { E2E_DEBDIR=$debdir tests/e2e/run.py; }
 
+# The form of the examples; the fleet stage runs the HAProxy one.
+stage_examples() { cargo build --locked --release && /usr/bin/python3 tests/examples/run.py; }
+
+# The .deb of the deb stage (built here if that stage did not run).
+stage_fleet() {
+  compgen -G "$debdir/wsechod_*.deb" >/dev/null || packaging/build-deb.sh || return 1
+  cargo build --locked --release --example fleet && E2E_DEBDIR=$debdir tests/fleet/run.py
+}
+
 started=$(date +%s)
 log "dependencies"
 deps || { echo "run-all: installing Debian packages failed"; exit 1; }
 # The e2e root file system downloads while cargo compiles.
-if [[ " ${stages[*]} " == *" e2e "* ]]; then
+if [[ " ${stages[*]} " == *" e2e "* || " ${stages[*]} " == *" fleet "* ]]; then
   tests/e2e/run.py --prepare >/tmp/wsechod-e2e-prepare.log 2>&1 &
 fi
 

@@ -71,9 +71,10 @@ def _no_service_starts():
                 os.rename(backup, POLICY)
 
 
-def host_tools(workdir):
-    """Install the missing host packages (idempotent; apt-get update only if needed)."""
-    missing = [p for p in HOST_PACKAGES if not _installed(p)]
+def host_tools(workdir, extra=()):
+    """Install the missing host packages, HOST_PACKAGES and `extra` (idempotent;
+    apt-get update only if needed)."""
+    missing = [p for p in [*HOST_PACKAGES, *extra] if not _installed(p)]
     if not missing:
         log("host tools: all present")
         return

@@ -18,8 +18,9 @@ Invariants:
   logged. One failing case does not stop the others.
 * A signal (SIGINT, SIGTERM, SIGHUP) stops the current case, which is torn
   down like a failure; no further case runs; the exit code is 128 + signal.
-* After run_cases(), "e2e: N passed, N failed" is the very last line of output
-  (stdout), printed by Session's exit after all cleanup.
+* After run_cases(), "LABEL: N passed, N failed" ("e2e" unless Session(label=)
+  says otherwise) is the very last line of output (stdout), printed by
+  Session's exit after all cleanup.
 * Session's exit stops the background rootfs job (if any) and removes the work
   dir after a fully successful run, unless E2E_KEEP=1 or E2E_WORKDIR was given.
 """
@@ -60,14 +61,15 @@ def _where(tb):
 class Session:
     """The run: work dir, signals, results, cleanup (see the module invariants)."""
 
-    def __init__(self):
+    def __init__(self, label="e2e"):
+        self.label = label  # of the summary line
         self.t0 = time.monotonic()
         self.own_workdir = not os.environ.get("E2E_WORKDIR")
         self.workdir = os.environ.get("E2E_WORKDIR") or tempfile.mkdtemp(prefix="wsechod-e2e.")
         os.makedirs(self.workdir, exist_ok=True)
         self.passed, self.failed = [], []
         self.rootfs_job = None
-        self.summary = None  # "e2e: N passed, N failed", printed last of all
+        self.summary = None  # "LABEL: N passed, N failed", printed last of all
         self.current = None  # the case's Container until it is torn down
         self.ok = False
 
@@ -113,7 +115,7 @@ class Session:
         log(f"total {since(self.t0)} s")
         if self.failed:
             log(f"failed cases: {' '.join(self.failed)}")
-        self.summary = f"e2e: {len(self.passed)} passed, {len(self.failed)} failed"
+        self.summary = f"{self.label}: {len(self.passed)} passed, {len(self.failed)} failed"
         self.ok = True
         if base.received():
             return 128 + base.received()
