@@ -139,7 +139,11 @@ fn wedge(configured: u16) {
         n => usize::from(n),
     };
     let forever = || std::thread::sleep(Duration::from_secs(u64::MAX / 4));
-    for _ in 1..workers {
+    // This runs in `block_on`, on the main thread. A current-thread runtime has no other
+    // thread; a multi-thread runtime's workers are all other threads, and each needs a
+    // task of its own to block on (with one left free, the watchdog would go on pinging).
+    let others = if workers == 1 { 0 } else { workers };
+    for _ in 0..others {
         tokio::spawn(async move { forever() });
     }
     forever();
