@@ -325,7 +325,7 @@ def check_dashboard_static():
             if rng != "$__rate_interval":
                 problems.append(f"{label}: range [{rng}] is not [$__rate_interval]")
         for s in selectors(expr):
-            if s == f'up{{job=~"$job",instance=~"$instance"}}':
+            if s == 'up{job=~"$job",instance=~"$instance"}':
                 continue
             if 'job=~"$job"' not in s or 'instance=~"$instance"' not in s:
                 problems.append(f'{label}: {s} is not filtered by job=~"$job" and instance=~"$instance"')
