@@ -7,7 +7,7 @@
 #   monitoring the shipped Grafana dashboard and alert rules: promtool check/test, then every
 #              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
-#   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
+#   autobahn   Autobahn|Testsuite sections 1-13 against the release binary, shipped config
 #   http2      WebSockets over HTTP/2 (h2c) with Python's h2: echo, statuses, streams, drain,
 #              keepalive and hostile HTTP/2, against the release binary
 #   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium

@@ -52,8 +52,10 @@ pub fn stopping(status: &str) {
 /// `EXTEND_TIMEOUT_USEC=`: asks systemd for at least `d` more before it gives up on the
 /// current start or stop (`TimeoutStopSec=` then covers a long drain).
 pub fn extend_timeout(d: Duration) {
-    let usec = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-    notify(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    // As text: sd-notify's `ExtendTimeoutUsec` is a u32, about 71 minutes at most, and
+    // delay plus drain_timeout may be longer; systemd reads the value as 64 bits.
+    let usec = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    notify(&[NotifyState::Custom(&format!("EXTEND_TIMEOUT_USEC={usec}"))]);
 }
 
 /// `FDSTORE=1` with `FDNAME=name`: keeps `fds` in the unit's file descriptor store, so
