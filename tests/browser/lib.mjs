@@ -7,6 +7,7 @@
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +17,29 @@ export const root = fileURLToPath(new URL('../..', import.meta.url));
 export const screenshots = process.env.BROWSER_SCREENSHOTS === '1';
 
 const owned = [];
+
+/**
+ * An npm module as tests/browser/install.sh put it in the cache, or from
+ * tests/browser/node_modules, at exactly the version package.json pins. Returns
+ * { module, version }; throws, naming install.sh, when it is missing or another version.
+ */
+export function requirePinned(name) {
+  const here = path.join(root, 'tests/browser');
+  const want = JSON.parse(fs.readFileSync(path.join(here, 'package.json'), 'utf8')).dependencies[name];
+  const cache = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'wsechod/browser');
+  for (const base of [path.join(cache, 'package.json'), path.join(here, 'package.json')]) {
+    const require = createRequire(base);
+    let version;
+    try {
+      version = require(`${name}/package.json`).version;
+    } catch {
+      continue;
+    }
+    if (version !== want) throw new Error(`${name} ${version} found beside ${base}, package.json pins ${want}: run tests/browser/install.sh`);
+    return { module: require(name), version };
+  }
+  throw new Error(`${name} is not installed: run tests/browser/install.sh (it uses ${cache})`);
+}
 
 /** Rejects with `what` when `promise` has not settled within `ms`. */
 export function withTimeout(promise, ms, what) {

@@ -13,11 +13,9 @@
 // BROWSER_DAEMON_BIN replaces target/release/wsechod; BROWSER_SCREENSHOTS=1 writes docs/*.png.
 // The last line is "browser: N passed, N failed"; the exit status is 1 if any test failed.
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { endAll, killAllNow, outputs, withTimeout } from './lib.mjs';
+import { endAll, killAllNow, outputs, requirePinned, withTimeout } from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
@@ -26,24 +24,6 @@ const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run
 const TEST_TIMEOUT = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 30000);
 const ACTION_TIMEOUT = 10000;
 const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 300000);
-
-// playwright-core as install.sh put it in the cache, or from tests/browser/node_modules.
-function loadPlaywright() {
-  const want = JSON.parse(fs.readFileSync(path.join(here, 'package.json'), 'utf8')).dependencies['playwright-core'];
-  const cache = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'wsechod/browser');
-  for (const base of [path.join(cache, 'package.json'), path.join(here, 'package.json')]) {
-    const require = createRequire(base);
-    let version;
-    try {
-      version = require('playwright-core/package.json').version;
-    } catch {
-      continue;
-    }
-    if (version !== want) throw new Error(`playwright-core ${version} found beside ${base}, package.json pins ${want}: run tests/browser/install.sh`);
-    return { playwright: require('playwright-core'), version };
-  }
-  throw new Error(`playwright-core is not installed: run tests/browser/install.sh (it uses ${cache})`);
-}
 
 const filters = process.argv.slice(2);
 let passed = 0;
@@ -98,7 +78,7 @@ async function runTest(test, fixture) {
 
 async function main() {
   const files = fs.readdirSync(here).filter((f) => f.endsWith('.test.mjs')).sort();
-  const { playwright, version } = loadPlaywright();
+  const { module: playwright, version } = requirePinned('playwright-core');
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run tests/browser/install.sh`);
   const t0 = Date.now();
   browser = await withTimeout(playwright.chromium.launch({
