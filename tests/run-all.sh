@@ -8,7 +8,8 @@
 #              query against the release daemon scraped by a real Prometheus
 #   man        man pages match their Markdown sources and render without warnings
 #   autobahn   Autobahn|Testsuite sections 1-11 against the release binary, shipped config
-#   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium
+#   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium;
+#              close codes seen by Node's ws, directly and through HAProxy and nginx
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #   deb        the .deb with cargo-deb, then lintian: no error, no warning
 #   e2e        real systemd in systemd-nspawn: apt install, reload, drain, upgrade, purge

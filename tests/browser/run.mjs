@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// tests/browser/run.mjs: runs tests/browser/*.test.mjs in Debian's headless Chromium.
+// tests/browser/run.mjs: runs tests/browser/*.test.mjs: in Debian's headless Chromium, and
+// Node clients (npm ws) that need no page, directly and through HAProxy and nginx.
 //
 //   tests/browser/install.sh && node tests/browser/run.mjs [WORD...]
 //
@@ -7,9 +8,10 @@
 //   tests: [{ name, run(t), timeout?, context? }]   t = { page, context, fixture }
 //   (context: options for browser.newContext, e.g. { ignoreHTTPSErrors: true })
 //   before(): optional, run once before its tests; what it returns is t.fixture
-// Each test gets a fresh browser context. Processes and servers started through lib.mjs are
-// ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per test (default
-// 30 s), 10 s per page action, BROWSER_RUN_TIMEOUT_MS for the whole run (default 5 min).
+// Each test gets a fresh browser context (a test may ignore it). Processes and servers started
+// through lib.mjs are ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per
+// test (default 30 s; a test's own timeout wins), 10 s per page action, BROWSER_RUN_TIMEOUT_MS
+// for the whole run (default 10 min).
 // BROWSER_DAEMON_BIN replaces target/release/wsechod; BROWSER_SCREENSHOTS=1 writes docs/*.png.
 // The last line is "browser: N passed, N failed"; the exit status is 1 if any test failed.
 import fs from 'node:fs';
@@ -23,7 +25,7 @@ const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const TEST_TIMEOUT = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 30000);
 const ACTION_TIMEOUT = 10000;
-const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 300000);
+const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 600000);
 
 const filters = process.argv.slice(2);
 let passed = 0;
