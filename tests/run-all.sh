@@ -10,7 +10,8 @@
 #   autobahn   Autobahn|Testsuite sections 1-13 against the release binary, shipped config
 #   http2      WebSockets over HTTP/2 (h2c) with Python's h2: echo, statuses, streams, drain,
 #              keepalive and hostile HTTP/2, against the release binary
-#   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium
+#   browser    the console page, permessage-deflate and HTTP/2 in Debian's headless Chromium;
+#              close codes seen by Node's ws, directly and through HAProxy and nginx
 #   fuzz       the fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #   examples   the shipped HAProxy and Kubernetes examples, checked for form: haproxy -c,
 #              kubernetes-validate (PyPI, in a venv in the cache), the daemon's --check-config

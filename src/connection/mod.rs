@@ -33,7 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::debug;
 
-use self::close::{CLOSE_LINGER, Cause, LINGER_IDLE, LINGER_MAX, ReadError, classify};
+use self::close::{
+    CLOSE_LINGER, Cause, LINGER_IDLE, LINGER_MAX, LINGER_QUIET, ReadError, Tail, classify,
+};
 use self::deadlines::{Deadlines, Due};
 use self::wire::{SCRATCH, SyncIo, Wire};
 use crate::deflate::{Agreed, Inbound, Outbound};
@@ -158,6 +160,8 @@ struct Connection<'a, S> {
     buffered: bool,
     /// The greeting, until it is sent.
     greeting: Option<String>,
+    /// The last bytes of the read that failed the connection, for [`Self::linger`].
+    failed_on: Option<Box<Tail>>,
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
@@ -205,6 +209,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             inbound,
             buffered,
             greeting: opening.greeting,
+            failed_on: None,
         }
     }
 
@@ -325,7 +330,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Ok(msg) => msg,
                 // All of the input is consumed.
                 Err(WsError::Io(e)) if e.kind() == WouldBlock => break Step::Continue,
-                Err(e) => break Step::Failed(e),
+                Err(e) => {
+                    let mut tail = Box::<Tail>::default();
+                    tail.push(input);
+                    self.failed_on = Some(tail);
+                    break Step::Failed(e);
+                }
             };
             match self.echo.on_message(&mut self.ctx, &mut sio, msg) {
                 Flow::Next => {}
@@ -554,25 +564,47 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// After failing a connection: half-close, then read and discard what the peer still
-    /// sends until it closes (see [`LINGER_MAX`]), so the kernel does not answer it with a
-    /// reset that could destroy our close frame before the peer reads it.
+    /// After failing a connection: read and discard what the peer still sends, so the kernel
+    /// does not answer it with a reset that could destroy our close frame before the peer
+    /// reads it. We half-close once the peer has closed its side, has sent its close frame
+    /// (then after [`LINGER_QUIET`]; also when that frame is what failed the connection), or
+    /// has been silent for [`LINGER_IDLE`], never while it is still sending: a proxy in HTTP
+    /// mode ends the client's side as soon as ours ends.
+    /// Then we discard until the peer closes or is silent for [`LINGER_IDLE`];
+    /// [`LINGER_MAX`] in all.
     async fn linger(&mut self) {
+        let failed_on = self.failed_on.take();
         let wire = &mut self.wire;
         let discard = async {
-            let _ = poll_fn(|cx| wire.poll_shutdown(cx)).await;
+            let mut tail = failed_on.map_or_else(Tail::default, |t| *t);
+            let mut half_closed = false;
             loop {
+                let silence = if !half_closed && tail.ends_with_client_close() {
+                    LINGER_QUIET
+                } else {
+                    LINGER_IDLE
+                };
                 let read = poll_fn(|cx| {
                     SCRATCH.with(|cell| {
                         let mut scratch = cell.borrow_mut();
                         let mut buf = ReadBuf::new(&mut scratch[..]);
-                        wire.poll_read(cx, &mut buf).map_ok(|()| buf.filled().len())
+                        wire.poll_read(cx, &mut buf).map_ok(|()| {
+                            tail.push(buf.filled());
+                            buf.filled().len()
+                        })
                     })
                 });
-                match tokio::time::timeout(LINGER_IDLE, read).await {
+                match tokio::time::timeout(silence, read).await {
                     Ok(Ok(n)) if n > 0 => {}
+                    Err(_) if !half_closed => {
+                        let _ = poll_fn(|cx| wire.poll_shutdown(cx)).await;
+                        half_closed = true;
+                    }
                     _ => break,
                 }
+            }
+            if !half_closed {
+                let _ = poll_fn(|cx| wire.poll_shutdown(cx)).await;
             }
         };
         let _ = tokio::time::timeout(LINGER_MAX, discard).await;

@@ -278,6 +278,159 @@ async fn an_oversized_message_is_read_to_its_end_so_the_client_sees_1009() {
     assert_eq!(end(h.server).await, aborted(AbortReason::ProtocolError));
 }
 
+/// The loop on one end of a pipe; the raw other end, for a client that breaks the rules.
+fn start_raw() -> (DuplexStream, tokio::task::JoinHandle<End>) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move {
+        let metrics = Arc::new(Metrics::new());
+        let tracker = ConnTracker::new(metrics.clone());
+        let settings = Settings::default();
+        serve(
+            a,
+            Opening::default(),
+            &tracker,
+            &metrics,
+            &settings,
+            &Drain::new(),
+        )
+        .await;
+        let state = tracker.state();
+        let reason = AbortReason::ALL
+            .into_iter()
+            .find(|r| metrics.aborted_for(*r) > 0);
+        End { state, reason }
+    });
+    (b, server)
+}
+
+/// Sends an unmasked frame (1002) and reads the server's close frame; returns its code.
+async fn fail_with_unmasked_frame(b: &mut DuplexStream) -> u16 {
+    b.write_all(&[0x82, 0x01, 0x00]).await.unwrap();
+    let mut head = [0u8; 2];
+    b.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x88, "a close frame");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    b.read_exact(&mut rest).await.unwrap();
+    u16::from_be_bytes([rest[0], rest[1]])
+}
+
+/// After failing a connection the server does not half-close while the client still sends,
+/// even with pauses (a proxy, HAProxy or nginx, would end the client's side with ours and
+/// reset a client that has more to write). The client's close frame brings the FIN,
+/// LINGER_QUIET later.
+#[tokio::test(start_paused = true)]
+async fn after_failing_we_half_close_only_after_the_clients_close_frame() {
+    let (mut b, server) = start_raw();
+    assert_eq!(fail_with_unmasked_frame(&mut b).await, 1002);
+    let mut one = [0u8; 1];
+    let pause = LINGER_IDLE / 2;
+    for i in 0..10 {
+        b.write_all(&[0x88; 4096]).await.unwrap();
+        let read = tokio::time::timeout(pause, b.read(&mut one)).await;
+        assert!(
+            read.is_err(),
+            "no FIN while the client sends (chunk {i}): {read:?}"
+        );
+    }
+    b.write_all(&masked(0x8, &1002u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let n = tokio::time::timeout(PATIENCE, b.read(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "our FIN");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= LINGER_QUIET && waited <= LINGER_QUIET + Duration::from_millis(5),
+        "{waited:?}"
+    );
+    // The client's FIN ends the connection at once.
+    b.shutdown().await.unwrap();
+    let t1 = Instant::now();
+    assert_eq!(end(server).await, aborted(AbortReason::ProtocolError));
+    assert!(
+        t1.elapsed() < Duration::from_millis(5),
+        "{:?}",
+        t1.elapsed()
+    );
+}
+
+/// A client that neither sends nor closes gets our FIN after LINGER_IDLE, and the server
+/// gives up LINGER_IDLE after that.
+#[tokio::test(start_paused = true)]
+async fn after_failing_a_silent_client_gets_our_fin_after_linger_idle() {
+    let (mut b, server) = start_raw();
+    assert_eq!(fail_with_unmasked_frame(&mut b).await, 1002);
+    let t0 = Instant::now();
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(PATIENCE, b.read(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "our FIN");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= LINGER_IDLE && waited <= LINGER_IDLE + Duration::from_millis(5),
+        "{waited:?}"
+    );
+    assert_eq!(end(server).await, aborted(AbortReason::ProtocolError));
+    let ended = t0.elapsed();
+    assert!(
+        ended >= 2 * LINGER_IDLE && ended <= 2 * LINGER_IDLE + Duration::from_millis(5),
+        "{ended:?}"
+    );
+}
+
+/// A malformed close frame that fails the connection (Autobahn 7.3.2) is the client's last
+/// frame: it waits for our FIN, and gets it LINGER_QUIET after our close frame.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_close_frame_gets_our_fin_after_linger_quiet() {
+    let (mut b, server) = start_raw();
+    b.write_all(&masked(0x8, &[3])).await.unwrap();
+    let mut head = [0u8; 2];
+    b.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x88, "a close frame");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    b.read_exact(&mut rest).await.unwrap();
+    assert_eq!(u16::from_be_bytes([rest[0], rest[1]]), 1002);
+    let t0 = Instant::now();
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(PATIENCE, b.read(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "our FIN");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= LINGER_QUIET && waited <= LINGER_QUIET + Duration::from_millis(5),
+        "{waited:?}"
+    );
+    drop(b);
+    assert_eq!(end(server).await, aborted(AbortReason::ProtocolError));
+}
+
+/// A client that sends to the end and then closes its side gets our FIN at once, without
+/// waiting for LINGER_QUIET.
+#[tokio::test(start_paused = true)]
+async fn after_failing_a_client_that_closes_gets_our_fin_at_once() {
+    let (mut b, server) = start_raw();
+    assert_eq!(fail_with_unmasked_frame(&mut b).await, 1002);
+    b.write_all(&[0u8; 50_000]).await.unwrap();
+    b.shutdown().await.unwrap();
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    b.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "nothing after the close frame: {rest:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(5),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(end(server).await, aborted(AbortReason::ProtocolError));
+}
+
 #[tokio::test]
 async fn reset_without_close_is_aborted_by_the_loop() {
     let h = start(Settings::default()).await;

@@ -7,6 +7,7 @@
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +17,29 @@ export const root = fileURLToPath(new URL('../..', import.meta.url));
 export const screenshots = process.env.BROWSER_SCREENSHOTS === '1';
 
 const owned = [];
+
+/**
+ * An npm module as tests/browser/install.sh put it in the cache, or from
+ * tests/browser/node_modules, at exactly the version package.json pins. Returns
+ * { module, version }; throws, naming install.sh, when it is missing or another version.
+ */
+export function requirePinned(name) {
+  const here = path.join(root, 'tests/browser');
+  const want = JSON.parse(fs.readFileSync(path.join(here, 'package.json'), 'utf8')).dependencies[name];
+  const cache = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'wsechod/browser');
+  for (const base of [path.join(cache, 'package.json'), path.join(here, 'package.json')]) {
+    const require = createRequire(base);
+    let version;
+    try {
+      version = require(`${name}/package.json`).version;
+    } catch {
+      continue;
+    }
+    if (version !== want) throw new Error(`${name} ${version} found beside ${base}, package.json pins ${want}: run tests/browser/install.sh`);
+    return { module: require(name), version };
+  }
+  throw new Error(`${name} is not installed: run tests/browser/install.sh (it uses ${cache})`);
+}
 
 /** Rejects with `what` when `promise` has not settled within `ms`. */
 export function withTimeout(promise, ms, what) {
@@ -50,6 +74,8 @@ export function start(name, cmd, args, options = {}) {
     name,
     pid: child.pid,
     output: () => out,
+    /** null while it runs, then its exit code or signal. */
+    exited: () => exited,
     /** Resolves with the match of `re` in the output; rejects at exit or after `ms`. */
     waitFor(re, ms) {
       return new Promise((resolve, reject) => {
@@ -229,6 +255,117 @@ export async function closedPort() {
   const { port } = s.address();
   await new Promise((resolve) => s.close(resolve));
   return port;
+}
+
+/**
+ * Resolves once something accepts TCP connections on 127.0.0.1:port. Tries every 50 ms;
+ * rejects when `proc` (from start) has exited, or after `ms`.
+ */
+export async function waitForPort(port, proc, ms) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (proc.exited() !== null) throw new Error(`${proc.name} exited (${proc.exited()}) before it listened on :${port}\n${proc.output().slice(-4000)}`);
+    if (Date.now() > until) throw new Error(`${proc.name}: nothing listens on :${port} after ${ms} ms\n${proc.output().slice(-4000)}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * Runs `make(port)` on ports that were free a moment ago until one start() works (another
+ * process may take the port between closedPort and the bind): make returns the process,
+ * which must listen on 127.0.0.1:port within 10 s. Three tries. Resolves with { port, process }.
+ */
+async function onFreePort(make) {
+  let last;
+  for (let i = 0; i < 3; i++) {
+    const port = await closedPort();
+    const proc = make(port);
+    try {
+      await waitForPort(port, proc, 10000);
+      return { port, process: proc };
+    } catch (e) {
+      last = e;
+      await proc.end();
+    }
+  }
+  throw last;
+}
+
+/**
+ * Debian's HAProxy (2.6) in the foreground, `mode http`, forwarding 127.0.0.1:PORT to
+ * 127.0.0.1:backendPort, with its configuration in `dir`. Upgraded connections are
+ * tunnels (timeout tunnel). Resolves with { url, port, process } once it accepts; url is
+ * ws://127.0.0.1:PORT/ws.
+ */
+export async function startHaproxy(backendPort, dir) {
+  const { port, process: proc } = await onFreePort((port) => {
+    const cfg = path.join(dir, `haproxy-${port}.cfg`);
+    fs.writeFileSync(cfg, `global
+  maxconn 200
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout tunnel 60s
+  timeout client-fin 5s
+  timeout server-fin 5s
+frontend ws
+  bind 127.0.0.1:${port}
+  default_backend wsechod
+backend wsechod
+  server d 127.0.0.1:${backendPort}
+`);
+    return start('haproxy', '/usr/sbin/haproxy', ['-db', '-f', cfg]);
+  });
+  return { url: `ws://127.0.0.1:${port}/ws`, port, process: proc };
+}
+
+/**
+ * Debian's nginx (1.22) in the foreground as one process (master_process off, so that
+ * ending it leaves no worker behind), proxying 127.0.0.1:PORT to 127.0.0.1:backendPort
+ * with the usual WebSocket block (HTTP/1.1, Upgrade and Connection passed on, no
+ * buffering). Its prefix, pid file and temp paths are in `dir`, its error log on stderr.
+ * Resolves with { url, port, process } once it accepts; url is ws://127.0.0.1:PORT/ws.
+ * `extra` is added to the server block.
+ */
+export async function startNginx(backendPort, dir, extra = '') {
+  const { port, process: proc } = await onFreePort((port) => {
+    const cfg = path.join(dir, `nginx-${port}.conf`);
+    fs.writeFileSync(cfg, `master_process off;
+daemon off;
+pid ${dir}/nginx-${port}.pid;
+error_log stderr notice;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://127.0.0.1:${backendPort};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_buffering off;
+    }
+${extra}
+  }
+}
+`);
+    return start('nginx', '/usr/sbin/nginx', ['-p', dir, '-e', 'stderr', '-c', cfg]);
+  });
+  return { url: `ws://127.0.0.1:${port}/ws`, port, process: proc };
 }
 
 /** Ends everything started since the last call, newest first. */

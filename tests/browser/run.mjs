@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// tests/browser/run.mjs: runs tests/browser/*.test.mjs in Debian's headless Chromium.
+// tests/browser/run.mjs: runs tests/browser/*.test.mjs: in Debian's headless Chromium, and
+// Node clients (npm ws) that need no page, directly and through HAProxy and nginx.
 //
 //   tests/browser/install.sh && node tests/browser/run.mjs [WORD...]
 //
@@ -7,17 +8,16 @@
 //   tests: [{ name, run(t), timeout?, context? }]   t = { page, context, fixture }
 //   (context: options for browser.newContext, e.g. { ignoreHTTPSErrors: true })
 //   before(): optional, run once before its tests; what it returns is t.fixture
-// Each test gets a fresh browser context. Processes and servers started through lib.mjs are
-// ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per test (default
-// 30 s), 10 s per page action, BROWSER_RUN_TIMEOUT_MS for the whole run (default 5 min).
+// Each test gets a fresh browser context (a test may ignore it). Processes and servers started
+// through lib.mjs are ended after each file. Every wait is bounded: BROWSER_TEST_TIMEOUT_MS per
+// test (default 30 s; a test's own timeout wins), 10 s per page action, BROWSER_RUN_TIMEOUT_MS
+// for the whole run (default 10 min).
 // BROWSER_DAEMON_BIN replaces target/release/wsechod; BROWSER_SCREENSHOTS=1 writes docs/*.png.
 // The last line is "browser: N passed, N failed"; the exit status is 1 if any test failed.
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { endAll, killAllNow, outputs, withTimeout } from './lib.mjs';
+import { endAll, killAllNow, outputs, requirePinned, withTimeout } from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
@@ -25,25 +25,7 @@ const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const TEST_TIMEOUT = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 30000);
 const ACTION_TIMEOUT = 10000;
-const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 300000);
-
-// playwright-core as install.sh put it in the cache, or from tests/browser/node_modules.
-function loadPlaywright() {
-  const want = JSON.parse(fs.readFileSync(path.join(here, 'package.json'), 'utf8')).dependencies['playwright-core'];
-  const cache = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'wsechod/browser');
-  for (const base of [path.join(cache, 'package.json'), path.join(here, 'package.json')]) {
-    const require = createRequire(base);
-    let version;
-    try {
-      version = require('playwright-core/package.json').version;
-    } catch {
-      continue;
-    }
-    if (version !== want) throw new Error(`playwright-core ${version} found beside ${base}, package.json pins ${want}: run tests/browser/install.sh`);
-    return { playwright: require('playwright-core'), version };
-  }
-  throw new Error(`playwright-core is not installed: run tests/browser/install.sh (it uses ${cache})`);
-}
+const RUN_TIMEOUT = Number(process.env.BROWSER_RUN_TIMEOUT_MS || 600000);
 
 const filters = process.argv.slice(2);
 let passed = 0;
@@ -98,7 +80,7 @@ async function runTest(test, fixture) {
 
 async function main() {
   const files = fs.readdirSync(here).filter((f) => f.endsWith('.test.mjs')).sort();
-  const { playwright, version } = loadPlaywright();
+  const { module: playwright, version } = requirePinned('playwright-core');
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run tests/browser/install.sh`);
   const t0 = Date.now();
   browser = await withTimeout(playwright.chromium.launch({
