@@ -17,7 +17,9 @@
 #                     ${XDG_CACHE_HOME:-~/.cache}/wsechod/fuzz-target). It lives outside the
 #                     checkout so that the next run on this machine, from any clone (CI clones
 #                     afresh every time), rebuilds only what changed instead of every crate with
-#                     AddressSanitizer from scratch.
+#                     AddressSanitizer from scratch. Checkouts sharing it take turns: cargo
+#                     rebuilds wsechod and the targets when their sources differ from the last
+#                     build's (checksum freshness, below), and a build waits for a running one.
 #   WSECHOD_FUZZ_STRICT  the checks of earlier, fixed findings to run: all (the default), none,
 #                     or some of keepalive,echo,halfclose,path (see fuzz/README.md)
 #
@@ -39,6 +41,11 @@ sanitizer=${FUZZ_SANITIZER:-address}
 corpus_root=${FUZZ_CORPUS_DIR:-$cache/fuzz-corpus}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$cache/fuzz-target}
+# With a target directory shared between checkouts, cargo's usual freshness test (sources
+# older than the last build) would take another checkout's build for this one's, whenever
+# that build ran after this checkout's files were last changed. Compare contents instead
+# (cargo -Zchecksum-freshness, allowed by RUSTC_BOOTSTRAP=1 like the rest of cargo fuzz).
+export CARGO_UNSTABLE_CHECKSUM_FRESHNESS=true
 # Where cargo fuzz puts the binaries: TARGET_DIR/HOST/release/TARGET.
 bin_dir=$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release
 export PATH=$tools/bin:$PATH
@@ -108,7 +115,7 @@ for t in "${targets[@]}"; do
         fi
         # The checks the targets ran with (see fuzz/README.md) are part of the reproducer.
         # cargo fuzz run/tmin rebuild first: point them at the same build, not a cold fuzz/target.
-        env="CARGO_TARGET_DIR=$CARGO_TARGET_DIR "
+        env="CARGO_TARGET_DIR=$CARGO_TARGET_DIR CARGO_UNSTABLE_CHECKSUM_FRESHNESS=true "
         if [[ -n ${WSECHOD_FUZZ_STRICT:-} ]]; then
             env="${env}WSECHOD_FUZZ_STRICT=$WSECHOD_FUZZ_STRICT "
         fi
