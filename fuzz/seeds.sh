@@ -116,5 +116,8 @@ printf '[server\npath = \n' > "$cf/not-toml.toml"
 printf '[log]\nlevel = "info,[=="\n' > "$cf/bad-log-filter.toml"
 # path: loads, but no client can ask for it (WSECHOD_FUZZ_STRICT=path).
 printf '[server]\npath = "/ws#live"\n' > "$cf/path-with-fragment.toml"
+# A fuzz finding, minimized: a directive after whitespace holding a multi-byte character (the
+# invalid byte loads as U+FFFD) made tracing-subscriber's filter parser panic while validating.
+printf '[log]\nlevel=",\tU\xff="' > "$cf/log-filter-space-then-utf8.toml"
 
 echo "seeds: $(find "$hf" -type f | wc -l) in $hf, $(find "$cf" -type f | wc -l) in $cf"

@@ -11,6 +11,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -28,9 +29,7 @@ impl LogHandle {
         if self.env_override {
             return Ok(());
         }
-        let filter = EnvFilter::builder()
-            .parse(level)
-            .map_err(|e| e.to_string())?;
+        let filter = parse_filter(level).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())
     }
 }
@@ -51,6 +50,18 @@ fn is_stream(journal_stream: &str, fd: BorrowedFd<'_>) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
+/// Parses a log filter (`[log] level`, `RUST_LOG`): comma-separated directives, each trimmed.
+///
+/// `EnvFilter::builder().parse` alone panics on some of them: tracing-subscriber (0.3.23)
+/// walks each directive trimmed but slices the untrimmed one at those offsets, so a
+/// directive after leading whitespace that holds a multi-byte character (`"info, é=debug"`)
+/// is cut inside that character. Trimming each directive first is what it means to do, and
+/// what it does for one without whitespace around it; an empty one is skipped, as after `,,`.
+pub fn parse_filter(dirs: &str) -> Result<EnvFilter, ParseError> {
+    let directives: Vec<&str> = dirs.split(',').map(str::trim).collect();
+    EnvFilter::builder().parse(directives.join(","))
+}
+
 /// Installs the global subscriber: journald when stderr is the journal, else text on
 /// stderr, without ANSI colours and time stamps unless stderr is a terminal.
 pub fn init(level: &str) -> LogHandle {
@@ -59,8 +70,8 @@ pub fn init(level: &str) -> LogHandle {
         .filter(|v| !v.trim().is_empty());
     let env_override = env.is_some();
     let filter = env
-        .and_then(|v| EnvFilter::builder().parse(v).ok())
-        .or_else(|| EnvFilter::builder().parse(level).ok())
+        .and_then(|v| parse_filter(&v).ok())
+        .or_else(|| parse_filter(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -110,5 +121,21 @@ mod tests {
         ));
         assert!(!is_stream("garbage", f.as_fd()));
         assert!(!is_stream("", f.as_fd()));
+    }
+
+    #[test]
+    fn directives_are_trimmed_before_tracing_subscriber_sees_them() {
+        // Leading whitespace, then a multi-byte character: tracing-subscriber's own parser
+        // panicked here (a fuzz finding, fuzz/seeds/config/log-filter-space-then-utf8.toml).
+        for (spaced, plain) in [
+            ("info, é=debug", "info,é=debug"),
+            ("\t\té=", "é="),
+            (" warn , wsechod=debug ", "warn,wsechod=debug"),
+        ] {
+            let got = parse_filter(spaced).expect("a valid filter").to_string();
+            let want = parse_filter(plain).expect("a valid filter").to_string();
+            assert_eq!(got, want, "{spaced:?}");
+        }
+        assert!(parse_filter("info, [é").is_err());
     }
 }

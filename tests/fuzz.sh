@@ -13,8 +13,15 @@
 #   FUZZ_SANITIZER    cargo fuzz --sanitizer (default address; none runs faster)
 #   FUZZ_RSS_MB       libFuzzer -rss_limit_mb (default 2048)
 #   CARGO_BUILD_JOBS  build parallelism (default 1: the machines are small and shared)
-#   WSECHOD_FUZZ_STRICT  also check open findings: keepalive,echo,halfclose,path or all
-#                     (see fuzz/README.md; each fails today)
+#   FUZZ_TARGET_DIR   cargo's target directory for the fuzz build (default
+#                     ${XDG_CACHE_HOME:-~/.cache}/wsechod/fuzz-target). It lives outside the
+#                     checkout so that the next run on this machine, from any clone (CI clones
+#                     afresh every time), rebuilds only what changed instead of every crate with
+#                     AddressSanitizer from scratch. Checkouts sharing it take turns: cargo
+#                     rebuilds wsechod and the targets when their sources differ from the last
+#                     build's (checksum freshness, below), and a build waits for a running one.
+#   WSECHOD_FUZZ_STRICT  the checks of earlier, fixed findings to run: all (the default), none,
+#                     or some of keepalive,echo,halfclose,path (see fuzz/README.md)
 #
 # Needs cargo-fuzz: installed into ${XDG_CACHE_HOME:-~/.cache}/wsechod/tools if missing. The
 # stable toolchain is enough with RUSTC_BOOTSTRAP=1 (cargo fuzz passes nightly-only flags).
@@ -33,6 +40,14 @@ rss_mb=${FUZZ_RSS_MB:-2048}
 sanitizer=${FUZZ_SANITIZER:-address}
 corpus_root=${FUZZ_CORPUS_DIR:-$cache/fuzz-corpus}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$cache/fuzz-target}
+# With a target directory shared between checkouts, cargo's usual freshness test (sources
+# older than the last build) would take another checkout's build for this one's, whenever
+# that build ran after this checkout's files were last changed. Compare contents instead
+# (cargo -Zchecksum-freshness, allowed by RUSTC_BOOTSTRAP=1 like the rest of cargo fuzz).
+export CARGO_UNSTABLE_CHECKSUM_FRESHNESS=true
+# Where cargo fuzz puts the binaries: TARGET_DIR/HOST/release/TARGET.
+bin_dir=$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release
 export PATH=$tools/bin:$PATH
 
 if ! command -v cargo-fuzz > /dev/null; then
@@ -52,7 +67,7 @@ fi
 logs=$(mktemp -d "${TMPDIR:-/tmp}/wsechod-fuzz.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
 
-echo "fuzz: building ${targets[*]} (sanitizer $sanitizer, $CARGO_BUILD_JOBS build job(s))"
+echo "fuzz: building ${targets[*]} (sanitizer $sanitizer, $CARGO_BUILD_JOBS build job(s), in $CARGO_TARGET_DIR)"
 build_start=$SECONDS
 for t in "${targets[@]}"; do
     RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer "$sanitizer" "$t"
@@ -99,14 +114,15 @@ for t in "${targets[@]}"; do
             findings+=("$t: no artifact written (build or setup failure?), log above")
         fi
         # The checks the targets ran with (see fuzz/README.md) are part of the reproducer.
-        env=""
+        # cargo fuzz run/tmin rebuild first: point them at the same build, not a cold fuzz/target.
+        env="CARGO_TARGET_DIR=$CARGO_TARGET_DIR CARGO_UNSTABLE_CHECKSUM_FRESHNESS=true "
         if [[ -n ${WSECHOD_FUZZ_STRICT:-} ]]; then
-            env="WSECHOD_FUZZ_STRICT=$WSECHOD_FUZZ_STRICT "
+            env="${env}WSECHOD_FUZZ_STRICT=$WSECHOD_FUZZ_STRICT "
         fi
         for a in $artifacts; do
             findings+=("$t: $a
     reproduce: ${env}RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $sanitizer $t $a
-    see it:    ${env}WSECHOD_FUZZ_DEBUG=1 fuzz/target/x86_64-unknown-linux-gnu/release/$t $a
+    see it:    ${env}WSECHOD_FUZZ_DEBUG=1 $bin_dir/$t $a
     minimize:  ${env}RUSTC_BOOTSTRAP=1 cargo fuzz tmin --sanitizer $sanitizer $t $a")
         done
     fi

@@ -41,10 +41,9 @@ pub const STATUSES: [u16; 10] = [101, 400, 403, 404, 405, 414, 426, 429, 431, 50
 /// A fresh current-thread runtime with the clock paused.
 ///
 /// One per input rather than one per process: tokio's paused clock only ever moves forward,
-/// by every timer an input waits on, while the daemon's keepalive deadlines are computed
-/// from `std::time::Instant` (src/connection.rs). A shared runtime would drift ahead of the
-/// real clock over a long run, and the connection timer would then fire, find nothing due
-/// and spin. A fresh runtime also makes every crash reproduce from its input alone.
+/// by every timer an input waits on, so a shared runtime would carry every earlier input's
+/// virtual time into the next. A fresh runtime makes every crash reproduce from its input
+/// alone.
 pub fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -111,26 +110,27 @@ impl Hold {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// `keepalive`: the client of flags 0x30 keeps its write half open until the server ends
-    /// the connection, so the keepalive, idle and lifetime timers run. The daemon computes
-    /// those deadlines from `std::time::Instant` (src/connection.rs, `Deadlines`), which the
-    /// paused clock does not move: when tokio jumps to the connection's timer,
-    /// `Deadlines::fire` finds nothing due and the timer is re-armed at the same, passed
-    /// deadline, so the connection spins until the real clock gets there (30 s + 15 s with
-    /// the default keepalive) and the input is reported as a timeout.
+    /// the connection, so the keepalive, idle and lifetime timers run. The daemon computed
+    /// those deadlines from `std::time::Instant`, which the paused clock does not move: when
+    /// tokio jumped to the connection's timer, nothing was due and the timer was re-armed at
+    /// the same, passed deadline, so the connection spun until the real clock got there and
+    /// the input was reported as a timeout. Fixed: src/connection/deadlines.rs uses tokio's
+    /// clock.
     Keepalive,
     /// `echo`: a connection that ends without a reason to fail it (every frame valid, then a
-    /// FIN or a valid close) has echoed every message it read. The daemon drops the echoes
-    /// it has queued but not flushed when it reads the client's FIN in the same batch
-    /// (src/connection.rs, `serve` and `failed`).
+    /// FIN or a valid close) has echoed every message it read. The daemon dropped the echoes
+    /// it had queued but not flushed when it read the client's FIN in the same batch (fixed:
+    /// `Connection::failed` in src/connection/mod.rs flushes first, bounded in time).
     Echo,
     /// `halfclose`: a client that half-closes (sends its FIN) right after a valid request still
-    /// gets its answer. The daemon's hyper connection keeps its default `half_close(false)`
-    /// (src/server.rs, `handshake`), so hyper drops the request unanswered when it reads the
-    /// FIN before it has written the response.
+    /// gets its answer. The daemon's hyper connection kept its default `half_close(false)`,
+    /// so hyper dropped the request unanswered when it read the FIN before it had written
+    /// the response (fixed: `half_close(true)` in src/server/handshake.rs).
     HalfClose,
     /// `path`: a configuration that loads serves its own path, requested as a client writes
-    /// it in a URL (percent-encoding what must be). `server.path` may hold `#`, control
-    /// characters, `"` or non-ASCII, which no client can send as they are.
+    /// it in a URL (percent-encoding what must be). `server.path` could hold `#`, control
+    /// characters, `"` or non-ASCII, which no client can send as they are (fixed: validation
+    /// allows only RFC 3986 path characters).
     Path,
 }
 

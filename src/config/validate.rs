@@ -521,7 +521,7 @@ impl Config {
         if !is_directive && !is_level {
             return Err(bad(None));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        if let Err(e) = crate::logging::parse_filter(level) {
             return Err(bad(Some(e.to_string())));
         }
         Ok(())
@@ -546,6 +546,19 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_log_filter_with_spaces_and_non_ascii_is_judged_not_a_panic() {
+        // A fuzz finding (fuzz/seeds/config/log-filter-space-then-utf8.toml): tracing-subscriber
+        // panicked on a directive after ", " holding a multi-byte character, so loading such a
+        // file (start, --check-config, SIGHUP) brought the daemon down.
+        with(|c| c.log.level = "info, é=debug".into()).unwrap();
+        with(|c| c.log.level = "info,\t\té=".into()).unwrap();
+        assert_eq!(
+            key_of(with(|c| c.log.level = "info, é[=debug".into())),
+            "log.level"
+        );
     }
 
     #[test]
