@@ -183,19 +183,21 @@ pub fn decide_h2<B>(req: &Request<B>, policy: &Policy, limit: Limit) -> Decision
     if let Some(page) = console(req, policy) {
         return page;
     }
+    let protocol = req.extensions().get::<hyper::ext::Protocol>();
+    let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    // Before the path: a plain CONNECT (a proxy tunnel, `:authority` only) has no path.
+    if req.method() == Method::CONNECT && !websocket {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "not a WebSocket request: CONNECT needs :protocol websocket\n",
+        );
+    }
     if req.uri().path() != policy.path {
         return reject(StatusCode::NOT_FOUND, "not found\n");
     }
-    let protocol = req.extensions().get::<hyper::ext::Protocol>();
-    match (req.method(), protocol) {
-        (&Method::CONNECT, Some(p)) if p.as_str().eq_ignore_ascii_case("websocket") => {}
-        (&Method::CONNECT, _) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "not a WebSocket request: CONNECT needs :protocol websocket\n",
-            );
-        }
-        (&Method::GET, _) => return reject(StatusCode::BAD_REQUEST, "not a WebSocket request\n"),
+    match *req.method() {
+        Method::CONNECT => {}
+        Method::GET => return reject(StatusCode::BAD_REQUEST, "not a WebSocket request\n"),
         _ => {
             return Decision::Reject(Rejection {
                 status: StatusCode::METHOD_NOT_ALLOWED,
@@ -674,6 +676,24 @@ mod tests {
                 Request::builder()
                     .method(Method::CONNECT)
                     .uri("/ws")
+                    .body(())
+                    .unwrap(),
+                Limit::None,
+                StatusCode::BAD_REQUEST,
+            ),
+            // A plain CONNECT, as a proxy client sends it: authority only, no path.
+            (
+                Request::builder()
+                    .method(Method::CONNECT)
+                    .uri("example.com:443")
+                    .body(())
+                    .unwrap(),
+                Limit::None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                connect("/ws")
+                    .extension(hyper::ext::Protocol::from_static("not-websocket"))
                     .body(())
                     .unwrap(),
                 Limit::None,

@@ -103,8 +103,12 @@ fn metrics_listener(
     stored: Option<std::net::TcpListener>,
 ) -> Result<Option<TcpListener>, Fatal> {
     let m = &config.metrics;
-    let reuse = stored.filter(|l| m.enabled && l.local_addr().is_ok_and(|a| a == m.listen));
-    match reuse {
+    let (reuse, unused): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .partition(|l| m.enabled && l.local_addr().is_ok_and(|a| a == m.listen));
+    // Else systemd would keep the old port bound, with nobody accepting on it.
+    forget_stored(&unused, activation::STORED_METRICS);
+    match reuse.into_iter().next() {
         Some(l) => TcpListener::from_std(l)
             .map(Some)
             .map_err(|e| Fatal::new(Exit::Unavailable, format!("stored socket: {e}"))),

@@ -401,7 +401,8 @@ impl Config {
                 },
             ));
         }
-        // RFC 9113: windows from 65535 bytes (the default) to 2^31 - 1.
+        // RFC 9113 allows windows up to 2^31 - 1 bytes (its default is 65,535); below our
+        // floor of 1 KiB a stream would crawl, a frame at a time.
         for (key, v) in [
             ("http2.stream_window", h.stream_window),
             ("http2.connection_window", h.connection_window),

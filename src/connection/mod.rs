@@ -655,7 +655,11 @@ impl Echo<'_> {
                 let code = frame.as_ref().map(|f| u16::from(f.code));
                 self.metrics.close_received(code);
                 self.counts.close_code = code.or(self.counts.close_code);
-                debug!(code, reason = frame.as_ref().map(|f| f.reason.as_str()), "close received");
+                debug!(
+                    code,
+                    reason = frame.as_ref().map(|f| f.reason.as_str()),
+                    "close received"
+                );
                 if self.tracker.state() == ConnState::CloseSent {
                     return Flow::End(Step::Closed);
                 }

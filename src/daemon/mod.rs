@@ -282,7 +282,7 @@ async fn run(
     };
     daemon.publish_limits();
     daemon.shared.metrics.set_ready(true);
-    systemd::ready(&format!("serving {}", daemon.status.urls));
+    systemd::ready(&daemon.status.ready_line(&daemon.shared));
     info!("ready");
     if let Some(interval) = systemd::watchdog_interval() {
         info!(interval = ?interval, "systemd watchdog enabled");

@@ -8,6 +8,15 @@ use crate::server::Shared;
 use crate::state::ConnState;
 use crate::systemd;
 
+/// What the WebSocket listeners speak now (`[http2] enabled` can change on reload).
+fn protocols(shared: &Shared) -> &'static str {
+    if shared.settings.load().http2.is_some() {
+        "HTTP/1.1 and HTTP/2"
+    } else {
+        "HTTP/1.1 only"
+    }
+}
+
 /// The parts of the status line that do not come from the metrics.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Status {
@@ -23,14 +32,20 @@ impl Status {
         let open = shared.metrics.live(ConnState::Open);
         let note = self.note.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut s = format!(
-            "serving {}: {open} open connections, {rate} messages/s",
-            self.urls
+            "serving {} ({}): {open} open connections, {rate} messages/s",
+            self.urls,
+            protocols(shared)
         );
         if !note.is_empty() {
             s.push_str("; ");
             s.push_str(&note);
         }
         s
+    }
+
+    /// The line `READY=1` goes with: where we listen, and over what.
+    pub(crate) fn ready_line(&self, shared: &Shared) -> String {
+        format!("serving {} ({})", self.urls, protocols(shared))
     }
 
     /// Records how the last reload went.
@@ -54,5 +69,33 @@ impl Status {
                 last_status = status;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::settings::Settings;
+
+    #[test]
+    fn the_status_says_whether_http2_is_served() {
+        let status = Status {
+            urls: "ws://127.0.0.1:1/ws".into(),
+            ..Status::default()
+        };
+        let mut config = Config::default();
+        let on = Shared::new(Settings::new(&config).unwrap(), Arc::new(Metrics::new()));
+        assert_eq!(
+            status.line(&on, 7),
+            "serving ws://127.0.0.1:1/ws (HTTP/1.1 and HTTP/2): 0 open connections, 7 messages/s"
+        );
+        config.http2.enabled = false;
+        on.settings.store(Arc::new(Settings::new(&config).unwrap()));
+        assert_eq!(
+            status.ready_line(&on),
+            "serving ws://127.0.0.1:1/ws (HTTP/1.1 only)"
+        );
     }
 }

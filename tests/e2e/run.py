@@ -177,7 +177,8 @@ def install(ct):
     install_v1(ct)
     assert_eq("Type", ct.unit_prop("wsechod", "Type"), "notify")
     status = ct.unit_prop("wsechod", "StatusText")
-    if not status.startswith("serving ws://0.0.0.0:8080/ws, metrics http://127.0.0.1:9180/metrics"):
+    if not status.startswith("serving ws://0.0.0.0:8080/ws, metrics http://127.0.0.1:9180/metrics"
+                             " (HTTP/1.1 and HTTP/2): "):
         fail(f"StatusText is {status!r}")
     log(f"StatusText: {status}")
     assert_eq("echo", echo(ct, URL, "echo failed"), "echo ok: text and binary")

@@ -1,6 +1,7 @@
 //! Life cycle under a notify socket the test owns: READY, STATUS, STOPPING, the SIGTERM
 //! drain, SIGHUP reload, socket activation and the watchdog.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::Command;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::util::{TIMEOUT, daemon, echo, recv};
+use crate::util::{Daemon, TIMEOUT, daemon, echo, recv};
 
 #[tokio::test]
 async fn ready_after_bind_then_stopping_on_sigterm() {
@@ -424,6 +425,63 @@ async fn socket_activation_uses_the_passed_sockets() {
     echo(&mut c, Message::text("activated")).await;
     assert_eq!(d.metrics_get("/readyz").await.0, 200);
     d.wait_stderr("using sockets passed by systemd").await;
+}
+
+/// The listeners a previous process stored, handed back as systemd does after a restart.
+async fn restarted_with(metrics: &str) -> (Daemon, SocketAddr) {
+    let ws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let old_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    let old_metrics_addr = old_metrics.local_addr().unwrap();
+    let d = daemon()
+        .command(activated(
+            vec![(ws, 3), (old_metrics, 4)],
+            "stored-websocket:stored-metrics",
+        ))
+        .env("WSECHOD_SERVER__LISTEN", &ws_addr.to_string())
+        .env("WSECHOD_METRICS__ENABLED", metrics)
+        .start()
+        .await;
+    assert_eq!(
+        d.ws_addr(),
+        ws_addr,
+        "the stored WebSocket listener is reused"
+    );
+    (d, old_metrics_addr)
+}
+
+fn removed_from_store(d: &Daemon, name: &str) -> bool {
+    d.messages.iter().any(|m| {
+        m.lines().any(|l| l == "FDSTOREREMOVE=1")
+            && m.lines().any(|l| l == format!("FDNAME={name}"))
+    })
+}
+
+#[tokio::test]
+async fn a_stored_metrics_socket_for_another_address_leaves_the_store() {
+    // The configuration now says 127.0.0.1:0, so a new port; the old one must not stay
+    // bound in systemd's store with nobody accepting on it.
+    let (d, old) = restarted_with("true").await;
+    assert_ne!(d.metrics_addr(), old);
+    assert!(removed_from_store(&d, "stored-metrics"), "{:?}", d.messages);
+    assert!(
+        !removed_from_store(&d, "stored-websocket"),
+        "{:?}",
+        d.messages
+    );
+}
+
+#[tokio::test]
+async fn a_stored_metrics_socket_leaves_the_store_when_metrics_are_off() {
+    let (d, _) = restarted_with("false").await;
+    assert!(removed_from_store(&d, "stored-metrics"), "{:?}", d.messages);
+    assert!(
+        !d.messages.iter().any(|m| {
+            m.lines().any(|l| l == "FDSTORE=1") && m.lines().any(|l| l == "FDNAME=stored-metrics")
+        }),
+        "{:?}",
+        d.messages
+    );
 }
 
 #[tokio::test]

@@ -329,12 +329,33 @@ def check_dashboard_static():
                 continue
             if 'job=~"$job"' not in s or 'instance=~"$instance"' not in s:
                 problems.append(f'{label}: {s} is not filtered by job=~"$job" and instance=~"$instance"')
+    problems += check_as_alerted(dash)
     for pr in problems:
         fail(f"{DASHBOARD.name}: {pr}")
     n_targets = sum(len(p.get("targets") or []) for p in walk_panels(dash.get("panels", [])))
     if not problems:
         log(f"dashboard: well-formed, {len(ids)} panels, {n_targets} targets, every target has an expr")
     return dash
+
+
+def reason_sets(expr):
+    """The sets of abort reasons an expression selects with reason=~ and with reason!~."""
+    return {(op, frozenset(v.split("|")))
+            for op, v in re.findall(r'reason(=~|!~)\\?"([^"\\]*)\\?"', expr)}
+
+
+def check_as_alerted(dash):
+    """A panel titled "(as alerted)" must select the abort reasons the alert rules do."""
+    rules = reason_sets(ALERTS.read_text())
+    problems = []
+    for p in walk_panels(dash.get("panels", [])):
+        if "(as alerted)" not in p.get("title", ""):
+            continue
+        for t in p.get("targets") or []:
+            for s in reason_sets(t.get("expr") or "") - rules:
+                problems.append(f'panel {p.get("id")} "{p["title"]}": reason{s[0]}'
+                                f'"{"|".join(sorted(s[1]))}" is not what the alert rules select')
+    return problems
 
 
 def dashboard_exprs(dash):
