@@ -2,16 +2,22 @@
 //! stderr is the journal, else as plain text; with a level that SIGHUP can change.
 //!
 //! Under systemd, stderr is a journal stream (`JOURNAL_STREAM` names its device and inode).
-//! Then every line goes to journald directly, with each field as a journal field: the span
-//! of a connection gives `CONN_ID` and `PEER` (and `HTTP=2` for an HTTP/2 stream), events
-//! add theirs (`STATE`, `CODE`, `REASON`, `ERROR`, ...), so
+//! Then every line goes to journald directly ([`journald`]): its MESSAGE is the plain-text
+//! line without the level (`conn{conn_id=42 peer=…}: wsechod::connection: connection ended
+//! state=closed …`), so `journalctl -u wsechod` reads like stderr; and each field is also a
+//! journal field: the span of a connection gives `CONN_ID` and `PEER` (and `HTTP=2` for an
+//! HTTP/2 stream), events add theirs (`STATE`, `CODE`, `REASON`, `ERROR`, ...), so
 //! `journalctl -u wsechod CONN_ID=42` finds one connection's lines.
+
+mod journald;
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::ParseError;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{DefaultFields, Format, Full};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -62,6 +68,22 @@ pub fn parse_filter(dirs: &str) -> Result<EnvFilter, ParseError> {
     EnvFilter::builder().parse(directives.join(","))
 }
 
+/// A plain-text formatter writing to `W`.
+type Plain<S, W> = tracing_subscriber::fmt::Layer<S, DefaultFields, Format<Full, ()>, W>;
+
+/// The plain-text log's formatter, writing to `writer`: "LEVEL spans: target: message
+/// key=value ...", without time stamp or ANSI colours. The journal's MESSAGE is its line
+/// without the level.
+fn plain<S, W>(writer: W) -> Plain<S, W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .without_time()
+}
+
 /// Installs the global subscriber: journald when stderr is the journal, else text on
 /// stderr, without ANSI colours and time stamps unless stderr is a terminal.
 pub fn init(level: &str) -> LogHandle {
@@ -76,26 +98,18 @@ pub fn init(level: &str) -> LogHandle {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let journald = stderr_is_journal()
-        .then(|| {
-            tracing_journald::layer().ok().map(|l| {
-                l.with_field_prefix(None)
-                    .with_syslog_identifier("wsechod".into())
-            })
-        })
+        .then(|| journald::JournalLayer::new(journald::SOCKET).ok())
         .flatten();
     // `try_init` fails only when a subscriber exists already (tests start several daemons).
     if let Some(journald) = journald {
         let _ = registry.with(journald).try_init();
-    } else {
-        let terminal = std::io::stderr().is_terminal();
+    } else if std::io::stderr().is_terminal() {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_ansi(terminal);
-        if terminal {
-            let _ = registry.with(fmt).try_init();
-        } else {
-            let _ = registry.with(fmt.without_time()).try_init();
-        }
+            .with_ansi(true);
+        let _ = registry.with(fmt).try_init();
+    } else {
+        let _ = registry.with(plain(std::io::stderr)).try_init();
     }
     LogHandle {
         handle,
