@@ -31,7 +31,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e import SETTINGS, RootfsJob, Session, assert_eq, case, fail, host_tools, log, run  # noqa: E402
+from e2e import (SETTINGS, RootfsJob, Session, assert_eq, case, fail, host_tools, log,  # noqa: E402
+                 run, says)
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 URL = "ws://127.0.0.1:8080/ws"
@@ -247,11 +248,15 @@ def stop_drains(ct):
         fail(f"wsclient failed: {h.text()}")
     assert_eq("close 1000 frames", h.count("^close 1000 server shutting down$"), 5)
     ct.journal_wait("wsechod", "SIGTERM: draining", 5)
-    # Logged natively to the journal: the counts are fields of the entry, not its text.
-    done = ct.wait_for("the journal has the drain report", lambda: entries(
-        ct, "wsechod", "MESSAGE=drain complete, exiting"), 5)
+    # Logged natively to the journal: the counts are fields of the entry, and in its text
+    # (what journalctl shows) as on stderr.
+    done = ct.wait_for("the journal has the drain report", lambda: [
+        e for e in entries(ct, "wsechod") if says(e, "drain complete, exiting")], 5)
     assert_eq("drain report", {k: done[-1].get(k) for k in ("CLOSED", "ABORTED")},
               {"CLOSED": "5", "ABORTED": "0"})
+    if not re.fullmatch(r"wsechod::daemon: drain complete, exiting .*\bclosed=5 aborted=0\b.*",
+                        done[-1]["MESSAGE"]):
+        fail(f"the drain report's MESSAGE: {done[-1]['MESSAGE']!r}")
     assert_eq("Result", ct.unit_prop("wsechod", "Result"), "success")
     assert_eq("ExecMainStatus", ct.unit_prop("wsechod", "ExecMainStatus"), "0")
 
@@ -348,8 +353,9 @@ def socket_activation(ct):
 def journal_fields(ct):
     """Under systemd the daemon logs natively to the journal: `journalctl -u wsechod
     CONN_ID=<id>` returns exactly one connection's lines (each with its PEER, the last
-    one "connection ended" with STATE, CODE, READ and ECHOED), none of another's. Where
-    stderr is not the journal, the same daemon logs plain text."""
+    one "connection ended" with STATE, CODE, READ and ECHOED, and MESSAGE the text line
+    with them), none of another's. Where stderr is not the journal, the same daemon logs
+    plain text."""
     install_v1(ct)
     ct.c("sed", "-i", 's/^#level = .*/level = "info,wsechod::connection=debug"/', CONF)
     ct.c("grep", "-q", '^level = "info,wsechod::connection=debug"$', CONF)
@@ -364,8 +370,7 @@ def journal_fields(ct):
     log(f"peers: {peers}")
 
     def ended(peer):
-        return [e for e in entries(ct, "wsechod", "MESSAGE=connection ended")
-                if e.get("PEER") == peer]
+        return [e for e in entries(ct, "wsechod", f"PEER={peer}") if says(e, "connection ended")]
     for code, peer in peers.items():
         ct.wait_for(f"the journal has the end of the connection from {peer}",
                     lambda peer=peer: ended(peer), 10)
@@ -395,12 +400,17 @@ def journal_fields(ct):
         assert_eq(f"CONN_ID={cid}: entries, against the unit's entries with PEER={peer}",
                   sorted(e["__CURSOR"] for e in got), want)
         # The close frame's code: the same field, the same form, in both lines.
-        received = [e for e in got if e.get("MESSAGE") == "close received"]
+        received = [e for e in got if says(e, "close received")]
         assert_eq(f"CONN_ID={cid}: 'close received' CODE and REASON",
                   [(e.get("CODE"), e.get("REASON")) for e in received], [(str(code), "wsclient")])
-        end = [e for e in got if e.get("MESSAGE") == "connection ended"]
+        end = [e for e in got if says(e, "connection ended")]
         if len(end) != 1:
             fail(f"CONN_ID={cid}: {len(end)} 'connection ended' lines")
+        # MESSAGE reads as the line on stderr would: the span's fields, then the event's.
+        want = (rf"conn\{{conn_id={cid} peer={re.escape(peer)}\}}: wsechod::connection: "
+                rf"connection ended state=closed code={code} read=2 echoed=2 discarded=0")
+        if not re.fullmatch(want, end[0]["MESSAGE"]):
+            fail(f"CONN_ID={cid}: 'connection ended' MESSAGE {end[0]['MESSAGE']!r}, want /{want}/")
         fields = {k: end[0].get(k) for k in ("STATE", "CODE", "READ", "ECHOED", "SYSLOG_IDENTIFIER")}
         assert_eq(f"CONN_ID={cid}: the 'connection ended' fields", fields,
                   {"STATE": "closed", "CODE": str(code), "READ": "2", "ECHOED": "2",
@@ -493,10 +503,10 @@ def restart_refuses_none(ct):
     if out.rc == 0 or "refused" not in out:
         fail(f"port 8080 while stopped: want connection refused, got rc={out.rc} {out}")
     log(f"stopped: port 8080 refuses ({out.strip()})")
-    bound = len(ct.journal_lines("wsechod", r"^listening on ws://0\.0\.0\.0:8080/ws$"))
+    bound = len(ct.journal_lines("wsechod", r": listening on ws://0\.0\.0\.0:8080/ws$"))
     ct.c("systemctl", "start", "wsechod")
     assert_eq("starts after stop", len(ct.journal_lines(
-        "wsechod", r"^listening on ws://0\.0\.0\.0:8080/ws$")), bound + 1)
+        "wsechod", r": listening on ws://0\.0\.0\.0:8080/ws$")), bound + 1)
     assert_eq("sockets taken back after stop + start", len(again(ct)), kept + 1)
     echo(ct, URL, "no echo after stop + start")
 

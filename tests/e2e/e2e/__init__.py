@@ -26,10 +26,10 @@ exception, Ctrl-C, SIGTERM, SIGHUP):
 
 from .base import (SETTINGS, Bg, CaseFailed, CmdError, Interrupted, Out, assert_eq, fail,
                    log, run, since)
-from .container import Container, match
+from .container import Container, match, says
 from .rootfs import RootfsJob, host_tools
 from .runner import CASES, Session, case
 
 __all__ = ["SETTINGS", "Bg", "CaseFailed", "CmdError", "Interrupted", "Out", "assert_eq",
-           "fail", "log", "run", "since", "Container", "match", "RootfsJob", "host_tools",
+           "fail", "log", "run", "since", "Container", "match", "says", "RootfsJob", "host_tools",
            "CASES", "Session", "case"]

@@ -39,6 +39,15 @@ INSIDE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
               "SYSTEMD_PAGER=cat", "SYSTEMD_COLORS=0"]
 
 
+def says(entry, message):
+    """Whether a journal entry (journalctl -o json, a dict) is a line with this message.
+    wsechod's MESSAGE is its plain-text line less the level, "spans: target: message
+    key=value ...": the message stands after ": " (or first) and before a space (or last)."""
+    text = entry.get("MESSAGE")
+    return isinstance(text, str) and re.search(
+        r"(^|: )" + re.escape(message) + r"( |$)", text) is not None
+
+
 def match(value, want):
     """Does value (a number as text, or None when absent) match want?
 
