@@ -159,7 +159,12 @@ impl Echo<'_> {
                 let code = frame.as_ref().map(|f| u16::from(f.code));
                 self.metrics.close_received(code);
                 self.counts.close_code = code.or(self.counts.close_code);
-                debug!(target: "wsechod::connection", code, reason = frame.as_ref().map(|f| f.reason.as_str()), "close received");
+                debug!(
+                    target: "wsechod::connection",
+                    code,
+                    reason = frame.as_ref().map(|f| f.reason.as_str()),
+                    "close received"
+                );
                 if self.tracker.state() == ConnState::CloseSent {
                     return Flow::End(Step::Closed);
                 }

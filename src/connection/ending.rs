@@ -98,7 +98,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 self.echo.tracker.aborted(AbortReason::Reset);
             }
             ReadError::Fail(cause) => {
-                debug!(target: "wsechod::connection", error = %e, code = u16::from(cause.code()), "failing the connection");
+                debug!(
+                    target: "wsechod::connection",
+                    error = %e,
+                    code = u16::from(cause.code()),
+                    "failing the connection"
+                );
                 if self.echo.tracker.state() == ConnState::Open {
                     let _ = self
                         .send_close(cause.code(), Utf8Bytes::from_static(cause.reason()))
