@@ -1,5 +1,6 @@
 //! How a connection ends: which close code and reason each cause gets (one wording per
-//! cause), and the linger after failing a connection.
+//! cause), and the bounds of the linger after failing a connection. Pure rules: `ending.rs`
+//! carries them out.
 
 use std::time::Duration;
 
