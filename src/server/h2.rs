@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -33,7 +33,7 @@ use super::limits::Admission;
 use super::{Accepted, Shared};
 use crate::connection::{self, Opening};
 use crate::greeting::Facts;
-use crate::http::{self, Decision, Limit};
+use crate::http::{self, Decision, Limit, Rejection};
 use crate::metrics::Http;
 use crate::settings::Settings;
 use crate::state::AbortReason;
@@ -145,7 +145,12 @@ pub(crate) async fn serve<IO>(
         .initial_stream_window_size(h2.stream_window)
         .initial_connection_window_size(h2.connection_window)
         .max_send_buf_size(h2.send_buffer)
-        .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
+        // Twice ours: a header list over ours reaches `stream`, which answers 431 and
+        // counts it as HTTP/1.1's are counted; one over twice ours hyper's h2 answers with
+        // 431 itself, uncounted, and one far over that ends the connection.
+        .max_header_list_size(
+            u32::try_from(settings.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
         // Rapid reset (CVE-2023-44487): streams a client may reset before we accept them,
         // and streams it may make us reset, before the connection is closed.
         .max_pending_accept_reset_streams(20)
@@ -214,7 +219,15 @@ fn stream(
     } else {
         limit
     };
-    let decision = http::decide_h2(&req, &settings.policy, limit);
+    let decision = if header_list_size(&req) > settings.max_header_size {
+        Decision::Reject(Rejection {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            body: "header list too large\n",
+            header: None,
+        })
+    } else {
+        http::decide_h2(&req, &settings.policy, limit)
+    };
     let response = http::response_h2(&decision);
     let deflate = match decision {
         Decision::Upgrade { deflate, .. } => deflate,
@@ -261,6 +274,28 @@ fn stream(
     let task = task(upgrade, place, opening, tracker, settings, shared);
     shared.tasks.spawn(task.instrument(span));
     response
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113 section 6.5.2): each
+/// field's name and value, plus 32, pseudo-header fields included.
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    const OVERHEAD: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        Some((":method", req.method().as_str().len())),
+        uri.scheme_str().map(|s| (":scheme", s.len())),
+        uri.authority().map(|a| (":authority", a.as_str().len())),
+        uri.path_and_query().map(|p| (":path", p.as_str().len())),
+        req.extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(|p| (":protocol", p.as_str().len())),
+    ];
+    let pseudo = pseudo.into_iter().flatten().map(|(n, v)| n.len() + v);
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len());
+    pseudo.chain(fields).map(|n| n + OVERHEAD).sum()
 }
 
 /// The task of one WebSocket stream, from our 200 to its end; at the drain's end, whatever
@@ -423,6 +458,25 @@ mod tests {
                 return (at, stream);
             }
         }
+    }
+
+    #[test]
+    fn the_header_list_size_counts_pseudo_headers_and_32_per_field() {
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("http://localhost/ws")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let fields = [
+            (":method", "CONNECT"),
+            (":scheme", "http"),
+            (":authority", "localhost"),
+            (":path", "/ws"),
+            ("sec-websocket-version", "13"),
+        ];
+        let expected: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+        assert_eq!(header_list_size(&req), expected);
     }
 
     /// Every idle WebSocket stream keeps its task: what it holds beyond the connection
