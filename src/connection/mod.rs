@@ -173,7 +173,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         settings: &'a Settings,
     ) -> Self {
         tracker.set(ConnState::Open);
-        let buffered = !opening.early.is_empty();
         let (inbound, outbound) = match opening.deflate {
             None => (None, None),
             Some(agreed) => {
@@ -189,13 +188,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 )
             }
         };
+        // Bytes that came with the request go the way of all later input (as leftover), so
+        // through the permessage-deflate rewriter too: straight into tungstenite, a
+        // compressed frame among them failed with 1002 (a fuzz finding).
+        let mut wire = Wire::new(io);
+        wire.leftover = opening.early;
         Connection {
-            wire: Wire::new(io),
-            ctx: WebSocketContext::from_partially_read(
-                opening.early,
-                Role::Server,
-                Some(settings.ws),
-            ),
+            wire,
+            ctx: WebSocketContext::new(Role::Server, Some(settings.ws)),
             echo: Echo {
                 tracker,
                 metrics,
@@ -207,7 +207,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 outbound,
             },
             inbound,
-            buffered,
+            buffered: false,
             greeting: opening.greeting,
             failed_on: None,
         }
@@ -655,7 +655,11 @@ impl Echo<'_> {
                 let code = frame.as_ref().map(|f| u16::from(f.code));
                 self.metrics.close_received(code);
                 self.counts.close_code = code.or(self.counts.close_code);
-                debug!(code, reason = frame.as_ref().map(|f| f.reason.as_str()), "close received");
+                debug!(
+                    code,
+                    reason = frame.as_ref().map(|f| f.reason.as_str()),
+                    "close received"
+                );
                 if self.tracker.state() == ConnState::CloseSent {
                     return Flow::End(Step::Closed);
                 }
