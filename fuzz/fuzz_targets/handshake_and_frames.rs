@@ -6,7 +6,7 @@
 //!
 //! | bits | meaning |
 //! | ---- | ------- |
-//! | 0-1  | 0: the rest is sent as is; 1: a valid upgrade request, then the rest as is (frames must carry their own mask); 2: a valid upgrade request, then the rest as frames that the harness masks (`mask_frames`); 3: as 2, with `Origin` and `Sec-WebSocket-Protocol` |
+//! | 0-1  | 0: the rest is sent as is (opening with the HTTP/2 preface, it is served as h2c, and the answer checked as HTTP/2 frames); 1: a valid upgrade request, then the rest as is (frames must carry their own mask); 2: a valid upgrade request, then the rest as frames that the harness masks (`mask_frames`); 3: as 2, with `Origin` and `Sec-WebSocket-Protocol` |
 //! | 2    | tight settings: the smallest limits the configuration allows, a reply prefix, short keepalive and idle timers, and an origin and subprotocol policy |
 //! | 3    | send in small pieces |
 //! | 4-5  | 0: no drain; 1: drain before the connection; 2: drain after the client's last byte; 3: no drain, and the client waits 500 ms (virtual) before it half-closes, or with `WSECHOD_FUZZ_STRICT=keepalive` until the server ends the connection (see `Check::Keepalive`) |
@@ -29,7 +29,7 @@ use wsechod::http::Limit;
 use wsechod::metrics::Metrics;
 use wsechod::settings::Settings;
 use wsechod_fuzz::{
-    ACCEPT, Check, Drain, Exchange, Hold, check_output, client_frames, expected_echoes, play,
+    ACCEPT, Check, Drain, Exchange, Hold, check_answer, client_frames, expected_echoes, play,
     runtime, strict, upgrade_request,
 };
 
@@ -131,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let rt = runtime();
     let outcome = METRICS.with(|m| play(&rt, m, &ex));
-    let answer = check_output(&outcome.output);
+    let answer = check_answer(&input, &outcome.output);
 
     // A valid upgrade request: its answer is certain. Except that a client that half-closes
     // right after its last byte may get nothing at all (see `Check::HalfClose`).

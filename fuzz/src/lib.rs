@@ -186,12 +186,18 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
             };
             serve_io(server_io, &accepted, &tracker, ex.settings, &shared).await;
             // Checked right away, before anything else runs and before the tracker's Drop
-            // could paper over a connection that ended without recording it.
+            // could paper over a connection that ended without recording it. (A connection
+            // handed over to HTTP/2 reads as Closed.)
             let state = tracker.state();
             assert!(
                 state.is_terminal(),
                 "serve_io returned with the connection still {state:?}"
             );
+            // An HTTP/2 connection's WebSocket streams are connections of their own, in
+            // tasks of the daemon's task tracker that may outlive serve_io by a moment:
+            // the drain waits for them, and so does this.
+            shared.tasks.close();
+            shared.tasks.wait().await;
             assert_eq!(
                 metrics.live_total(),
                 0,
@@ -246,11 +252,15 @@ pub fn play(rt: &Runtime, metrics: &Arc<Metrics>, ex: &Exchange<'_>) -> Outcome 
                 tracker.state()
             );
         };
+        // A TCP connection that turned out to speak HTTP/2 is counted there instead of
+        // closed or aborted; each of its WebSocket streams is accepted and ends itself.
         let accepted = metrics.accepted();
-        let ended = metrics.ended(ConnState::Closed) + metrics.ended(ConnState::Aborted);
+        let ended = metrics.ended(ConnState::Closed)
+            + metrics.ended(ConnState::Aborted)
+            + metrics.http2_connections_total();
         assert_eq!(
             accepted, ended,
-            "accepted = closed + aborted must hold once every connection has ended"
+            "accepted = closed + aborted + handed over to HTTP/2 must hold once every connection has ended"
         );
         let outcome = Outcome {
             output,
@@ -461,10 +471,78 @@ pub fn expected_echoes(frames: &[ClientFrame], settings: &Settings) -> Echoes {
 /// What [`check_output`] found in a well-formed answer.
 #[derive(Debug)]
 pub struct Answer {
-    /// The status code, or `None` when the server sent nothing at all.
+    /// The status code, or `None` when the server sent nothing at all (or spoke HTTP/2).
     pub status: Option<u16>,
-    /// After a 101: the server's frames, as (opcode, payload).
+    /// After a 101: the server's frames, as (opcode, payload), compressed messages
+    /// inflated.
     pub frames: Vec<(u8, Vec<u8>)>,
+    /// The 101's `Sec-WebSocket-Extensions`, if it had one.
+    pub extensions: Option<String>,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4): a client that opens with it gets
+/// HTTP/2 with prior knowledge (h2c), as HTTP/2 is on in every setting the targets use.
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// [`check_output`] for a client that sent `input`: one that opened with the HTTP/2
+/// preface gets HTTP/2 frames instead (see [`check_h2_frames`]).
+pub fn check_answer(input: &[u8], out: &[u8]) -> Answer {
+    if input.starts_with(PREFACE) {
+        check_h2_frames(out);
+        return Answer {
+            status: None,
+            frames: Vec::new(),
+            extensions: None,
+        };
+    }
+    check_output(out)
+}
+
+/// Checks what an HTTP/2 server sent: nothing, or whole frames (RFC 9113 section 4.1), the
+/// first its SETTINGS, with the reserved bit of every stream id clear and every frame type
+/// on the kind of stream it belongs to.
+pub fn check_h2_frames(out: &[u8]) {
+    let mut i = 0;
+    let mut n = 0;
+    while i < out.len() {
+        let head = out.get(i..i + 9).unwrap_or_else(|| {
+            panic!(
+                "a truncated HTTP/2 frame header at byte {i}: {:02x?}",
+                &out[i..]
+            )
+        });
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        assert_eq!(
+            stream >> 31,
+            0,
+            "HTTP/2 frame at {i} with the reserved bit set"
+        );
+        assert!(
+            out.len() - i - 9 >= len,
+            "HTTP/2 frame at {i} (type {kind}) declares {len} bytes, {} are there",
+            out.len() - i - 9
+        );
+        if n == 0 {
+            assert!(
+                kind == 0x4 && flags & 0x1 == 0 && stream == 0,
+                "the server's HTTP/2 preface is not a SETTINGS frame: {head:02x?}"
+            );
+        }
+        match kind {
+            // SETTINGS, PING, GOAWAY: the connection's.
+            0x4 | 0x6 | 0x7 => assert_eq!(stream, 0, "HTTP/2 frame type {kind} on a stream"),
+            // DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE, CONTINUATION: a stream's.
+            0x0 | 0x1 | 0x2 | 0x3 | 0x5 | 0x9 => {
+                assert_ne!(stream, 0, "HTTP/2 frame type {kind} on stream 0");
+            }
+            _ => {}
+        }
+        assert_ne!(kind, 0x5, "the server pushed (PUSH_PROMISE)");
+        i += 9 + len;
+        n += 1;
+    }
 }
 
 /// Checks everything the server sent: nothing at all, or one HTTP/1.x response with a
@@ -475,6 +553,7 @@ pub fn check_output(out: &[u8]) -> Answer {
         return Answer {
             status: None,
             frames: Vec::new(),
+            extensions: None,
         };
     }
     let shown = || String::from_utf8_lossy(&out[..out.len().min(300)]).into_owned();
@@ -522,10 +601,13 @@ pub fn check_output(out: &[u8]) -> Answer {
             header("sec-websocket-accept").is_some(),
             "101 without Sec-WebSocket-Accept: {head:?}"
         );
-        let frames = check_frames(rest);
+        let extensions = header("sec-websocket-extensions");
+        let deflate = extensions.as_deref().map(server_deflate);
+        let frames = check_frames(rest, deflate);
         return Answer {
             status: Some(status),
             frames,
+            extensions,
         };
     }
     // An error answer ends the connection: its body, then nothing (no second response).
@@ -551,6 +633,92 @@ pub fn check_output(out: &[u8]) -> Answer {
     Answer {
         status: Some(status),
         frames: Vec::new(),
+        extensions: None,
+    }
+}
+
+/// What the server's side of permessage-deflate means for reading its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerDeflate {
+    /// The server compresses with at most this window (`server_max_window_bits`, else 15).
+    pub window_bits: u8,
+    /// The server resets its compressor after every message.
+    pub no_context_takeover: bool,
+}
+
+/// Parses and checks a 101's `Sec-WebSocket-Extensions` (RFC 7692 section 7): exactly one
+/// `permessage-deflate` with known parameters, each at most once, window sizes 8 to 15.
+pub fn server_deflate(value: &str) -> ServerDeflate {
+    let mut parts = value.split(';').map(str::trim);
+    assert_eq!(
+        parts.next(),
+        Some("permessage-deflate"),
+        "the server agreed to an extension other than permessage-deflate alone: {value:?}"
+    );
+    let mut d = ServerDeflate {
+        window_bits: 15,
+        no_context_takeover: false,
+    };
+    let mut seen = Vec::new();
+    for p in parts {
+        let (name, v) = p.split_once('=').map_or((p, None), |(n, v)| (n, Some(v)));
+        assert!(!seen.contains(&name), "{name} twice in {value:?}");
+        seen.push(name);
+        let bits = || {
+            let b: u8 = v
+                .unwrap_or_else(|| panic!("{name} without a value in {value:?}"))
+                .parse()
+                .unwrap_or_else(|_| panic!("bad {name} in {value:?}"));
+            assert!((8..=15).contains(&b), "{name}={b} in {value:?}");
+            b
+        };
+        match name {
+            "server_no_context_takeover" | "client_no_context_takeover" => {
+                assert!(v.is_none(), "{name} with a value in {value:?}");
+                if name == "server_no_context_takeover" {
+                    d.no_context_takeover = true;
+                }
+            }
+            "server_max_window_bits" => d.window_bits = bits(),
+            "client_max_window_bits" => {
+                bits();
+            }
+            _ => panic!("unknown parameter {name:?} in the server's {value:?}"),
+        }
+    }
+    d
+}
+
+/// Inflates one compressed message the server sent (the payload, then the sync flush's
+/// tail that RFC 7692 section 7.2.2 has the receiver append) with `d`.
+pub fn inflate_message(d: &mut flate2::Decompress, payload: &[u8]) -> Vec<u8> {
+    use flate2::{FlushDecompress, Status};
+    let input = [payload, &[0x00, 0x00, 0xff, 0xff]].concat();
+    let start = d.total_in();
+    let mut out = Vec::with_capacity(input.len() * 4 + 64);
+    loop {
+        let used = usize::try_from(d.total_in() - start).expect("a length");
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
+        }
+        let before = (d.total_in(), d.total_out());
+        let status = d
+            .decompress_vec(&input[used..], &mut out, FlushDecompress::Sync)
+            .unwrap_or_else(|e| {
+                panic!("the server sent a compressed message that does not inflate: {e}")
+            });
+        let used = usize::try_from(d.total_in() - start).expect("a length");
+        if status == Status::StreamEnd || (used == input.len() && out.len() < out.capacity()) {
+            return out;
+        }
+        assert!(
+            (d.total_in(), d.total_out()) != before || out.len() == out.capacity(),
+            "inflating the server's message makes no progress"
+        );
+        assert!(
+            out.len() <= 64 << 20,
+            "the server's compressed message inflates past 64 MiB"
+        );
     }
 }
 
@@ -561,13 +729,16 @@ pub fn close_code_sendable(code: u16) -> bool {
 }
 
 /// Parses `bytes` as the frames a server sends and checks each one: no mask, no RSV bits
-/// (no extension is negotiated), a known opcode, the shortest length encoding, whole frames
+/// but RSV1 on data frames when permessage-deflate was agreed (`deflate`; their payloads
+/// are inflated with the agreed window, and must inflate), a known opcode, the shortest length encoding, whole frames
 /// only, control frames final and at most 125 bytes, text valid UTF-8, a close frame empty
 /// or with a sendable code and a UTF-8 reason, and nothing after the close frame. The
 /// daemon never fragments what it sends, so every frame is final. Returns (opcode, payload)
 /// of each frame.
-pub fn check_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub fn check_frames(bytes: &[u8], deflate: Option<ServerDeflate>) -> Vec<(u8, Vec<u8>)> {
     let mut frames = Vec::new();
+    let mut inflater =
+        deflate.map(|d| flate2::Decompress::new_with_window_bits(false, d.window_bits.max(9)));
     let mut i = 0;
     while i < bytes.len() {
         let at = i;
@@ -584,7 +755,11 @@ pub fn check_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
         };
         i += 2;
         let (fin, rsv, opcode) = (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0f);
-        assert_eq!(rsv, 0, "server frame at {at} has RSV bits {rsv:#x}");
+        let compressed = rsv == 0x40 && deflate.is_some() && matches!(opcode, 0x1 | 0x2);
+        assert!(
+            rsv == 0 || compressed,
+            "server frame at {at} (opcode {opcode:#x}) has RSV bits {rsv:#x} (extensions agreed: {deflate:?})"
+        );
         assert!(
             matches!(opcode, 0x1 | 0x2 | 0x8 | 0x9 | 0xa),
             "server frame at {at} has opcode {opcode:#x}"
@@ -623,6 +798,18 @@ pub fn check_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
             )
         });
         i += len;
+        let inflated;
+        let payload = if compressed {
+            let d = inflater.as_mut().expect("deflate agreed");
+            inflated = inflate_message(d, payload);
+            if deflate.is_some_and(|d| d.no_context_takeover) {
+                // The server promised not to use the previous messages: neither do we.
+                d.reset(false);
+            }
+            &inflated[..]
+        } else {
+            payload
+        };
         if opcode >= 0x8 {
             assert!(len <= 125, "control frame at {at} of {len} bytes");
         }

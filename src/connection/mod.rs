@@ -115,7 +115,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         settings: &'a Settings,
     ) -> Self {
         tracker.set(ConnState::Open);
-        let buffered = !opening.early.is_empty();
         let (inbound, outbound) = match opening.deflate {
             None => (None, None),
             Some(agreed) => {
@@ -131,16 +130,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 )
             }
         };
+        // Bytes that came with the request go the way of all later input (as leftover), so
+        // through the permessage-deflate rewriter too: straight into tungstenite, a
+        // compressed frame among them failed with 1002 (a fuzz finding).
+        let mut wire = Wire::new(io);
+        wire.leftover = opening.early;
         Connection {
-            wire: Wire::new(io),
-            ctx: WebSocketContext::from_partially_read(
-                opening.early,
-                Role::Server,
-                Some(settings.ws),
-            ),
+            wire,
+            ctx: WebSocketContext::new(Role::Server, Some(settings.ws)),
             echo: Echo::new(tracker, metrics, settings, outbound),
             inbound,
-            buffered,
+            buffered: false,
             greeting: opening.greeting,
             failed_on: None,
         }

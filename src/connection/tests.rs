@@ -766,6 +766,43 @@ mod compressed {
         (b, metrics, server)
     }
 
+    /// A fuzz finding: the bytes read with the upgrade request went straight to tungstenite,
+    /// around the rewriter, so a compressed frame pipelined after the request got 1002.
+    #[tokio::test]
+    async fn a_compressed_frame_sent_with_the_request_is_inflated() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let metrics = Arc::new(Metrics::new());
+        let mut c = Compress::new(Compression::new(6), false);
+        let early = [
+            frame(0xc1, &deflate(&mut c, b"hello")),
+            frame(0x01, b"pl"),
+            frame(0x80, b"ain"),
+        ]
+        .concat();
+        let server = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let tracker = ConnTracker::new(metrics.clone());
+                let opening = Opening {
+                    deflate: Some(AGREED),
+                    early,
+                    ..Opening::default()
+                };
+                let settings = Settings::default();
+                serve(a, opening, &tracker, &metrics, &settings, &Drain::new()).await;
+            })
+        };
+        let (h, p) = server_frame(&mut b).await;
+        assert_eq!((h, inflate(&p)), (0xc1, b"hello".to_vec()));
+        let (h, p) = server_frame(&mut b).await;
+        assert_eq!((h, inflate(&p)), (0xc1, b"plain".to_vec()));
+        b.write_all(&frame(0x88, &[0x03, 0xe8])).await.unwrap();
+        let (h, p) = server_frame(&mut b).await;
+        assert_eq!((h, p), (0x88, vec![0x03, 0xe8]));
+        drop(b);
+        server.await.unwrap();
+    }
+
     #[tokio::test]
     async fn compressed_and_plain_messages_are_echoed_compressed() {
         let (mut b, metrics, _server) = start(Settings::default());

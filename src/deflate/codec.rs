@@ -87,8 +87,15 @@ pub(crate) fn compress(
             c.reset();
         }),
     }
+    // RFC 7692 section 7.2.1: output that does not end with an empty stored block gets one
+    // (0x00 0x00 0x00 0xff 0xff), then the last four octets go. zlib sync-flushes nothing
+    // at all for an empty message after another (no input, flushed already): that is the
+    // single 0x00, not an empty payload, which a receiver that appends the four octets
+    // reads as the start of a stored block, spoiling every later message (a fuzz finding).
     if out.ends_with(&TRAILER) {
         out.truncate(out.len() - TRAILER.len());
+    } else {
+        out.push(0x00);
     }
 }
 
@@ -170,6 +177,20 @@ mod tests {
             out.len(),
             text.len()
         );
+    }
+
+    #[test]
+    fn an_empty_message_after_another_is_still_one_zero_byte_under_context_takeover() {
+        let mut own = None;
+        let mut d = Decompress::new_with_window_bits(false, 15);
+        let mut out = Vec::new();
+        for m in [&b"hello"[..], b"", b"", b"world", b""] {
+            compress(Some(&mut own), 15, 1, m, &mut out);
+            if m.is_empty() {
+                assert_eq!(out, [0x00]);
+            }
+            assert_eq!(inflate(&mut d, &out), m);
+        }
     }
 
     #[test]

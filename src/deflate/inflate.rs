@@ -303,6 +303,12 @@ impl Inbound {
     fn start(&mut self, header: &FrameHeader, len: u64) -> io::Result<()> {
         let continuation = header.opcode == OpCode::Data(Data::Continue);
         let message_start = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 {
+            // No extension gives them a meaning: tungstenite fails the connection with 1002
+            // (inflated instead, the frame failed as corrupt data, 1007: a fuzz finding).
+            self.pass(len);
+            return Ok(());
+        }
         let compressed = if header.rsv1 {
             match header.opcode {
                 OpCode::Control(_) => {

@@ -240,6 +240,27 @@ fn rsv1_where_it_may_not_be_and_corrupt_data_fail() {
     );
 }
 
+/// A fuzz finding: RSV1 with RSV2 or RSV3 was inflated (and failed as corrupt data, 1007)
+/// instead of reaching tungstenite, which fails it as the protocol error it is (1002).
+#[test]
+fn rsv2_or_rsv3_pass_through_for_tungstenite_to_refuse() {
+    for b0 in [0xf2u8, 0xe1, 0xd1, 0xa2, 0x70] {
+        let mut r = Inbound::new(AGREED, Some(1024), Some(1024));
+        let input = frame(b0, b"xyz");
+        let (mut buf, mut pos, mut out) = (vec![0u8; 100], 0, Vec::new());
+        loop {
+            match r.read(&input, &mut pos, false, &mut buf) {
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{b0:#x}: {e}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(out, input, "{b0:#x}");
+    }
+}
+
 #[test]
 fn uncompressed_frames_pass_through_byte_for_byte() {
     let input = [frame(0x81, b"hi"), frame(0x88, &[0x03, 0xe8])].concat();
