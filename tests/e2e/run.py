@@ -408,7 +408,7 @@ def journal_fields(ct):
             fail(f"CONN_ID={cid}: {len(end)} 'connection ended' lines")
         # MESSAGE reads as the line on stderr would: the span's fields, then the event's.
         want = (rf"conn\{{conn_id={cid} peer={re.escape(peer)}\}}: wsechod::connection: "
-                rf"connection ended state=closed code={code} read=2 echoed=2 discarded=0")
+                rf'connection ended state="closed" code={code} read=2 echoed=2 discarded=0')
         if not re.fullmatch(want, end[0]["MESSAGE"]):
             fail(f"CONN_ID={cid}: 'connection ended' MESSAGE {end[0]['MESSAGE']!r}, want /{want}/")
         fields = {k: end[0].get(k) for k in ("STATE", "CODE", "READ", "ECHOED", "SYSLOG_IDENTIFIER")}
