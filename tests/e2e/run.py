@@ -471,7 +471,7 @@ def watchdog(ct):
         return hits[-1] if last else hits[0]
     t_usr2 = at("SIGUSR2 in a test-wedge build", pid)
     t_timeout = at(r"Watchdog timeout \(limit 3s\)", last=True)
-    t_ready = at("^ready$", new)
+    t_ready = at(r"(^|: )ready$", new)
     log(f"watchdog: SIGUSR2 (logged by PID {pid}) -> 'Watchdog timeout' {t_timeout - t_usr2:.2f} s "
         f"-> new PID {new} ready {t_ready - t_usr2:.2f} s after SIGUSR2 (Result seen: {result})")
     if not t_usr2 < t_timeout < t_ready:
