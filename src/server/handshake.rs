@@ -26,6 +26,7 @@ use crate::state::AbortReason;
 use crate::tracker::ConnTracker;
 
 use super::Accepted;
+use super::fast;
 use super::sniff::Prefixed;
 
 /// What the request handler found, left for us by the hyper service.
@@ -61,6 +62,18 @@ pub(crate) async fn upgrade<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The common case, a whole upgrade request in the first read, without hyper.
+    let first = io.pending();
+    if !first.is_empty()
+        && let Some(fast) = fast::decide(
+            first,
+            &settings.policy,
+            accepted.limit,
+            settings.max_header_size,
+        )
+    {
+        return fast::upgrade(io, fast, accepted, tracker, settings).await;
+    }
     let outcome = Arc::new(Mutex::new(Outcome::NoRequest));
     let service = {
         let outcome = outcome.clone();
@@ -157,20 +170,12 @@ where
             let (io, rest) = io.into_inner().into_parts();
             let mut early = read_buf.to_vec();
             early.extend_from_slice(&rest);
-            let greeting = settings.greeting.as_ref().map(|g| {
-                g.render(&Facts {
-                    conn_id: accepted.id,
-                    peer: accepted.peer,
-                    local: accepted.local,
-                    protocol: "HTTP/1.1",
-                })
-            });
             Some(Upgraded {
                 io,
                 opening: Opening {
                     early,
                     deflate,
-                    greeting,
+                    greeting: greeting(settings, accepted),
                 },
             })
         }
@@ -180,4 +185,16 @@ where
             None
         }
     }
+}
+
+/// The greeting of a connection upgraded over HTTP/1.1, filled in, if one is configured.
+pub(crate) fn greeting(settings: &Settings, accepted: &Accepted) -> Option<String> {
+    settings.greeting.as_ref().map(|g| {
+        g.render(&Facts {
+            conn_id: accepted.id,
+            peer: accepted.peer,
+            local: accepted.local,
+            protocol: "HTTP/1.1",
+        })
+    })
 }

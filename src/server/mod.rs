@@ -10,6 +10,7 @@
 //! - per-connection errors stay in the connection: they are logged at debug level in its
 //!   span and never reach the accept loop.
 
+mod fast;
 mod h2;
 mod handshake;
 mod limits;

@@ -69,10 +69,15 @@ impl<IO> Prefixed<IO> {
         }
     }
 
+    /// The prefix bytes not handed out yet.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.prefix[self.at..]
+    }
+
     /// The stream, and the prefix bytes not handed out yet.
-    pub(crate) fn into_parts(self) -> (IO, Vec<u8>) {
-        let rest = self.prefix[self.at..].to_vec();
-        (self.inner, rest)
+    pub(crate) fn into_parts(mut self) -> (IO, Vec<u8>) {
+        self.prefix.drain(..self.at);
+        (self.inner, self.prefix)
     }
 }
 
