@@ -240,7 +240,13 @@ async fn serve_tls(
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 Box::pin(h2::serve(tls_stream, accepted, tracker, settings, shared)).await;
             } else {
-                let io = Prefixed::new(Vec::new(), tls_stream);
+                // The first read, so that a whole upgrade request takes the fast path.
+                let first = tokio::time::timeout_at(accepted.deadline, sniff::sniff(tls_stream));
+                let Ok((_, io)) = first.await else {
+                    debug!("no request within the handshake timeout");
+                    tracker.aborted(AbortReason::HandshakeFailed);
+                    return;
+                };
                 Box::pin(serve_http1(io, accepted, tracker, settings, shared)).await;
             }
         }
@@ -257,7 +263,7 @@ async fn serve_tls(
 
 /// A cleartext connection on any byte stream (TCP, or a test's in-memory pipe): HTTP/2
 /// with prior knowledge when it opens with the preface and HTTP/2 is on, else the
-/// HTTP/1.1 handshake, then the WebSocket.
+/// HTTP/1.1 handshake (the sniffer's read is its first), then the WebSocket.
 pub fn serve_io<'a, IO>(
     io: IO,
     accepted: &'a Accepted,
@@ -268,23 +274,22 @@ pub fn serve_io<'a, IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if settings.http2.is_none() {
-        let io = Prefixed::new(Vec::new(), io);
-        return Either::Left(serve_http1(io, accepted, tracker, settings, shared));
-    }
     // Boxed, with the socket in it: it is over once the protocol is known.
     let sniffing = Box::pin(tokio::time::timeout_at(accepted.deadline, sniff::sniff(io)));
-    Either::Right(async move {
+    async move {
         let Ok((protocol, io)) = sniffing.await else {
             debug!("nothing to tell the protocol by within the handshake timeout");
             tracker.aborted(AbortReason::HandshakeFailed);
             return;
         };
         match protocol {
-            Protocol::Http2 => Box::pin(h2::serve(io, accepted, tracker, settings, shared)).await,
-            Protocol::Http1 => serve_http1(io, accepted, tracker, settings, shared).await,
+            Protocol::Http2 if settings.http2.is_some() => {
+                Box::pin(h2::serve(io, accepted, tracker, settings, shared)).await;
+            }
+            // With HTTP/2 off, hyper answers the preface as the bad HTTP/1.1 it is.
+            _ => serve_http1(io, accepted, tracker, settings, shared).await,
         }
-    })
+    }
 }
 
 /// The HTTP/1.1 exchange, then the WebSocket.

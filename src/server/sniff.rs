@@ -5,6 +5,8 @@
 //! Invariant: sniffing consumes nothing. The bytes read to decide are replayed, before the
 //! socket's, to whichever protocol gets the connection ([`Prefixed`]); the first read is
 //! large enough to hold a whole upgrade request, so HTTP/1.1 costs no extra system call.
+//! Every HTTP/1.1 connection (also with HTTP/2 off, and over TLS) starts with this read,
+//! so that a whole upgrade request in it can take the fast path (`fast.rs`).
 
 use std::io;
 use std::pin::Pin;

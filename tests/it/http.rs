@@ -164,3 +164,50 @@ async fn a_port_probe_is_no_request_not_a_rejection() {
     );
     assert_eq!(v("wsechod_handshakes_rejected_total{status=\"400\"}"), 0.0);
 }
+
+/// An upgrade request and the client's first frame in one write: the 101 comes from the
+/// fast path (hyper's would carry `date`), and the frame behind the head is echoed. With
+/// HTTP/2 on (the shipped default) and off: both read the request the same way.
+#[tokio::test]
+async fn a_request_and_its_first_frame_in_one_write_take_the_fast_path() {
+    for config in ["", "[http2]\nenabled = false\n"] {
+        let d = daemon().config(config).start().await;
+        let mut s = TcpStream::connect(d.ws_addr()).await.unwrap();
+        let mut out =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_vec();
+        // A masked text frame "early" (mask 0: the payload goes as is).
+        out.extend_from_slice(b"\x81\x85\0\0\0\0early");
+        s.write_all(&out).await.unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.ends_with(b"\x81\x05early") {
+            assert!(Instant::now() < deadline, "no echo: {got:?}");
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the daemon answers")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 101 switching protocols\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("\r\ndate:"),
+            "hyper answered, not the fast path: {head}"
+        );
+        assert_eq!(
+            d.metric("wsechod_handshakes_total{http=\"1.1\"}").await,
+            1.0
+        );
+    }
+}
