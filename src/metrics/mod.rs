@@ -3,9 +3,11 @@
 //!
 //! This file holds [`Metrics`] (one field a metric family) and its text exposition;
 //! `registry.rs` defines and registers every metric, `record.rs` is what the daemon calls
-//! when something happens, and `labels.rs` holds the label values.
+//! when something happens, `labels.rs` holds the label values and `messages.rs` the
+//! per-message counters, kept per thread.
 
 mod labels;
+mod messages;
 mod record;
 mod registry;
 
@@ -17,6 +19,7 @@ use prometheus::{
 
 use self::labels::CLOSE_LABELS;
 pub use self::labels::{Http, Kind};
+use self::messages::Messages;
 use crate::state::AbortReason;
 
 /// The exact content type Prometheus 3 requires for the text format.
@@ -39,16 +42,10 @@ pub struct Metrics {
     duration: Histogram,
     /// `wsechod_handshakes_rejected_total{status}`.
     rejected: IntCounterVec,
-    /// `wsechod_messages_received_total{type}`.
-    messages_received: [IntCounter; 2],
-    /// `wsechod_messages_sent_total{type}`.
-    messages_sent: [IntCounter; 2],
-    /// `wsechod_received_bytes_total{type}` (message payload bytes).
-    bytes_received: [IntCounter; 2],
-    /// `wsechod_sent_bytes_total{type}` (message payload bytes).
-    bytes_sent: [IntCounter; 2],
-    /// `wsechod_message_size_bytes`: sizes of received messages.
-    message_size: Histogram,
+    /// `wsechod_messages_received_total{type}`, `wsechod_messages_sent_total{type}`,
+    /// `wsechod_received_bytes_total{type}`, `wsechod_sent_bytes_total{type}` and
+    /// `wsechod_message_size_bytes`: per thread, summed when scraped.
+    messages: Messages,
     /// `wsechod_close_frames_received_total{code}`.
     close_received: [IntCounter; CLOSE_LABELS],
     /// `wsechod_close_frames_sent_total{code}`.

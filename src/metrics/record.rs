@@ -3,14 +3,15 @@
 //! status line, its health endpoints and tests.
 //!
 //! Invariants:
-//! - the per-message and per-connection calls touch only atomics resolved in `registry.rs`:
-//!   no lookup, no lock, no allocation (only a rejected handshake looks its status up);
+//! - the per-message and per-connection calls touch only atomics resolved in `registry.rs`
+//!   (the per-message ones the calling thread's own, `messages.rs`): no lookup, no lock, no
+//!   allocation (only a rejected handshake looks its status up);
 //! - a connection is in exactly one live series at a time: each state change moves it from
 //!   its old series to its new one, or to an ended one, or (handed over to HTTP/2) out.
 
 use std::time::Instant;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
 
 use super::labels::{Http, Kind, close_index};
 use super::{Metrics, unix_now};
@@ -59,16 +60,13 @@ impl Metrics {
     /// A message of `len` payload bytes arrived.
     #[inline]
     pub fn message_received(&self, kind: Kind, len: usize) {
-        self.messages_received[kind as usize].inc();
-        self.bytes_received[kind as usize].inc_by(len as u64);
-        self.message_size.observe(len as f64);
+        self.messages.received(kind, len);
     }
 
     /// A message of `len` payload bytes was queued for sending.
     #[inline]
     pub fn message_sent(&self, kind: Kind, len: usize) {
-        self.messages_sent[kind as usize].inc();
-        self.bytes_sent[kind as usize].inc_by(len as u64);
+        self.messages.sent(kind, len);
     }
 
     /// A close frame arrived (`None`: without a code).
@@ -214,6 +212,6 @@ impl Metrics {
 
     /// Messages received so far, all types.
     pub fn messages_received_total(&self) -> u64 {
-        self.messages_received.iter().map(IntCounter::get).sum()
+        self.messages.received_total()
     }
 }

@@ -11,7 +11,8 @@ use prometheus::{
     Registry,
 };
 
-use super::labels::{CLOSE_LABELS, Kind, close_label};
+use super::labels::{CLOSE_LABELS, close_label};
+use super::messages::Messages;
 use super::{Metrics, unix_now};
 use crate::state::{AbortReason, ConnState};
 
@@ -120,49 +121,10 @@ impl Metrics {
         for status in ["400", "403", "404", "405", "426", "429", "431", "503"] {
             rejected.with_label_values(&[status]);
         }
-        let kinds = [Kind::Text.label(), Kind::Binary.label()];
-        let messages_received = by_label(
-            &counter_vec(
-                &registry,
-                "wsechod_messages_received_total",
-                "WebSocket messages received, by type.",
-                "type",
-            ),
-            kinds,
-        );
-        let messages_sent = by_label(
-            &counter_vec(
-                &registry,
-                "wsechod_messages_sent_total",
-                "WebSocket messages sent (echoes), by type.",
-                "type",
-            ),
-            kinds,
-        );
-        let bytes_received = by_label(
-            &counter_vec(
-                &registry,
-                "wsechod_received_bytes_total",
-                "Payload bytes of WebSocket messages received, by type.",
-                "type",
-            ),
-            kinds,
-        );
-        let bytes_sent = by_label(
-            &counter_vec(
-                &registry,
-                "wsechod_sent_bytes_total",
-                "Payload bytes of WebSocket messages sent, by type.",
-                "type",
-            ),
-            kinds,
-        );
-        let message_size = histogram(
-            &registry,
-            "wsechod_message_size_bytes",
-            "Size of received WebSocket messages.",
-            prometheus::exponential_buckets(16.0, 4.0, 10).expect("valid buckets"),
-        );
+        let messages = Messages::new();
+        registry
+            .register(Box::new(messages.clone()))
+            .expect("unique metric");
         let close_labels: [String; CLOSE_LABELS] = std::array::from_fn(close_label);
         let close_labels = close_labels.each_ref().map(String::as_str);
         let close_received = by_label(
@@ -323,11 +285,7 @@ impl Metrics {
             accepted,
             duration,
             rejected,
-            messages_received,
-            messages_sent,
-            bytes_received,
-            bytes_sent,
-            message_size,
+            messages,
             close_received,
             close_sent,
             pings_received,
