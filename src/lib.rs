@@ -13,6 +13,7 @@ pub mod deflate;
 pub mod error;
 pub mod greeting;
 pub mod http;
+pub mod latch;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use crate::latch::Latch;
 
 /// The share of `drain_timeout` within which every close frame is sent.
 const SEND_WITHIN: f64 = 0.8;
@@ -22,8 +23,8 @@ const SEND_WITHIN: f64 = 0.8;
 /// The drain signal and its pacing.
 #[derive(Debug, Default)]
 pub struct Drain {
-    /// Cancelled when the drain starts.
-    started: CancellationToken,
+    /// Fired when the drain starts.
+    started: Latch,
     /// When the first close goes out, and the time between two.
     pace: OnceLock<(Instant, Duration)>,
     /// Turns handed out so far.
@@ -42,17 +43,17 @@ impl Drain {
         let _ = self
             .pace
             .set((Instant::now(), interval(connections, rate, window)));
-        self.started.cancel();
+        self.started.fire();
     }
 
     /// Whether the drain has started.
     pub fn is_started(&self) -> bool {
-        self.started.is_cancelled()
+        self.started.is_fired()
     }
 
     /// Waits for the drain to start.
     pub async fn started(&self) {
-        self.started.cancelled().await;
+        self.started.wait().await;
     }
 
     /// Takes the next turn: when the caller's close frame is due.

@@ -155,12 +155,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
         let timer = tokio::time::sleep_until(self.echo.deadlines.next());
         tokio::pin!(timer);
+        // One wait for the whole loop: registered once, then a flag load per wake-up.
+        let started = drain.started();
+        tokio::pin!(started);
         let mut turn_taken = false;
         loop {
             let open = self.echo.tracker.state() == ConnState::Open;
             let done = tokio::select! {
                 biased;
-                () = drain.started(), if open && !turn_taken => {
+                () = &mut started, if open && !turn_taken => {
                     turn_taken = true;
                     let at = drain.turn();
                     if at <= Instant::now() {

@@ -118,7 +118,7 @@ pub(crate) async fn drain(
         }
     };
     if !complete {
-        shared.abort.cancel();
+        shared.abort.fire();
         if tokio::time::timeout(ABORT_GRACE, shared.tasks.wait())
             .await
             .is_err()
@@ -162,9 +162,8 @@ mod tests {
         shared.tasks.spawn(async move {
             let tracker = ConnTracker::new(s.metrics.clone());
             let settings = s.settings.load_full();
-            let abort = s.abort.clone();
             tokio::select! {
-                () = abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+                () = s.abort.wait() => tracker.aborted(AbortReason::DrainDeadline),
                 () = crate::connection::serve(a, crate::connection::Opening::default(), &tracker, &s.metrics, &settings, &s.drain) => {}
             }
         });

@@ -335,7 +335,7 @@ fn task(
         };
         tokio::select! {
             biased;
-            () = shared.abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+            () = shared.abort.wait() => tracker.aborted(AbortReason::DrainDeadline),
             () = open => {}
         }
     }

@@ -35,6 +35,7 @@ use self::limits::{Admission, Counts};
 use self::sniff::{Prefixed, Protocol};
 use crate::connection;
 use crate::http::Limit;
+use crate::latch::Latch;
 use crate::metrics::Http;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -51,8 +52,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The drain: when it starts, and each open connection's turn to send its close frame.
     pub drain: Drain,
-    /// Cancelled when the drain ends: connections still open are aborted.
-    pub abort: CancellationToken,
+    /// Fired when the drain ends: connections still open are aborted.
+    pub abort: Latch,
     /// Every connection task, so the drain can wait for them all.
     pub tasks: TaskTracker,
     /// Connections served now, in all and per client address.
@@ -68,7 +69,7 @@ impl Shared {
             settings: ArcSwap::from_pointee(settings),
             metrics,
             drain: Drain::new(),
-            abort: CancellationToken::new(),
+            abort: Latch::new(),
             tasks: TaskTracker::new(),
             counts: Arc::default(),
             next_id: AtomicU64::new(1),
@@ -195,7 +196,7 @@ impl Handler {
             let _place = &admission;
             tokio::select! {
                 biased;
-                () = shared.abort.cancelled() => tracker.aborted(AbortReason::DrainDeadline),
+                () = shared.abort.wait() => tracker.aborted(AbortReason::DrainDeadline),
                 () = serve(stream, &accepted, &tracker, &settings, &shared) => {}
             }
         }
