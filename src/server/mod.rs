@@ -106,10 +106,13 @@ pub async fn run(
     stop: CancellationToken,
     mut probes: mpsc::Receiver<Probe>,
 ) {
+    // One wait for the whole loop, not one registered and dropped per accepted connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = &mut stopped => break,
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
