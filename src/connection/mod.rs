@@ -153,7 +153,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         {
             return;
         }
-        let timer = tokio::time::sleep_until(self.echo.deadlines.next());
+        let mut armed = self.echo.deadlines.next();
+        let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
         // One wait for the whole loop: registered once, then a flag load per wake-up.
         let started = drain.started();
@@ -161,6 +162,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let mut turn_taken = false;
         loop {
             let open = self.echo.tracker.state() == ConnState::Open;
+            let mut fired = false;
             let done = tokio::select! {
                 biased;
                 () = &mut started, if open && !turn_taken => {
@@ -175,6 +177,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     }
                 }
                 () = &mut timer => {
+                    fired = true;
                     let due = self.echo.deadlines.fire(Instant::now());
                     Box::pin(self.on_timer(due)).await
                 }
@@ -190,8 +193,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if done {
                 return;
             }
-            // Cheap when nothing moved: tokio only touches the timer wheel on a change.
-            timer.as_mut().reset(self.echo.deadlines.next());
+            // Activity only moves deadlines later: the timer then stays armed for the earlier
+            // one, finds nothing due when it fires (`Due::Nothing`) and is armed anew, once
+            // per interval instead of once per batch. An earlier deadline (output blocked,
+            // the drain's turn) is armed at once.
+            let next = self.echo.deadlines.next();
+            if fired || next < armed {
+                timer.as_mut().reset(next);
+                armed = next;
+            }
         }
     }
 

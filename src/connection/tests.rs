@@ -618,6 +618,30 @@ async fn idle_timeout_closes_quiet_connections_only() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_idle_close_comes_exactly_idle_timeout_after_the_last_message() {
+    // The timer stays armed for the first deadline while messages move the idle deadline
+    // later; when it fires early it must find nothing due and be armed for the new one.
+    let mut h = start(settings(|c| {
+        c.websocket.idle_timeout = Dur::secs(60);
+        c.websocket.ping_interval = Dur::secs(0);
+    }))
+    .await;
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        h.client.send(Message::text("tick")).await.unwrap();
+        assert_eq!(recv(&mut h.client).await, Message::text("tick"));
+    }
+    let f = tokio::time::timeout(Duration::from_secs(600), recv_close(&mut h.client))
+        .await
+        .expect("the idle timeout fires");
+    assert_eq!(f.reason.as_str(), "idle timeout");
+    assert_eq!(t0.elapsed().as_secs(), 90, "{:?}", t0.elapsed());
+    drop(h.client);
+    assert_eq!(end(h.server).await, aborted(AbortReason::IdleTimeout));
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_lifetime_closes_within_its_jitter() {
     let mut h = start(settings(|c| c.websocket.max_lifetime = Dur::secs(100))).await;
     let t0 = Instant::now();
