@@ -1,6 +1,6 @@
 //! No input crashes the WebSocket listener: arbitrary bytes from a client go through the
-//! daemon's own HTTP handshake (hyper) and, after a 101, its WebSocket echo loop, exactly as
-//! `wsechod::server::serve_io` runs them for a TCP connection.
+//! daemon's own HTTP handshake (the fast path or hyper) and, after a 101, its WebSocket echo
+//! loop, exactly as `wsechod::server::serve_io` runs them for a TCP connection.
 //!
 //! Input: one flags byte, then the client's bytes.
 //!
