@@ -23,7 +23,8 @@ usage: bench/run.sh [options]
   --max-drain-ms N    fail if the median drain takes longer than N ms
   --scenarios "a b"   scenarios to run, of a b c d e f g h i j (default all)
   --servers "x y"     servers to run, of tcp-echo wsechod tt-echo (default all) and
-                      wsechod-nometrics (wsechod with [metrics] enabled = false)
+                      wsechod-nometrics (wsechod with [metrics] enabled = false) and
+                      wsechod-baseline (another wsechod binary, BENCH_BASELINE_WSECHOD)
   --out FILE          where the RESULT lines go (default bench/results/<time>.txt);
                       the table goes to the same name with .md
   --wait-quiet S      before each run, wait up to S seconds for the machine to be idle
@@ -41,7 +42,8 @@ HTTP/2, tcp-echo no HTTP/2: f-j run only on the servers that can (tcp-echo gets 
 compressed frames as bytes).
 
 Environment: BENCH_WSECHOD_ENV="WSECHOD_X__Y=V ..." passes settings to wsechod for experiments
-(the default is the shipped configuration untouched). BENCH_SERVER_CPU (default 0) and
+(the default is the shipped configuration untouched). BENCH_BASELINE_WSECHOD names the binary
+of server wsechod-baseline (e.g. an earlier commit's build: before and after in one run). BENCH_SERVER_CPU (default 0) and
 BENCH_CLIENT_CPU (default 1) choose the CPUs
 (taskset lists; the load generator runs one thread per CPU of its list); CARGO_BUILD_JOBS
 limits the build's parallelism as usual.
@@ -113,8 +115,12 @@ MAX_DRAIN_MS=${MAX_DRAIN_MS:-}
 [[ -z $MAX_IDLE_KIB || $MAX_IDLE_KIB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--max-idle-kib must be a number"
 for s in $SCENARIOS; do [[ $s =~ ^[a-j]$ ]] || die "unknown scenario $s"; done
 for s in $SERVERS; do
-    case $s in tcp-echo | wsechod | wsechod-nometrics | tt-echo) ;; *) die "unknown server $s" ;; esac
+    case $s in tcp-echo | wsechod | wsechod-nometrics | wsechod-baseline | tt-echo) ;; *) die "unknown server $s" ;; esac
 done
+BASELINE=${BENCH_BASELINE_WSECHOD:-}
+if [[ " $SERVERS " == *" wsechod-baseline "* ]]; then
+    [[ -n $BASELINE && -x $BASELINE ]] || die "wsechod-baseline needs BENCH_BASELINE_WSECHOD=/path/to/wsechod"
+fi
 command -v taskset >/dev/null || die "taskset (util-linux) is needed"
 command -v timeout >/dev/null || die "timeout (coreutils) is needed"
 taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU (BENCH_SERVER_CPU)"
@@ -186,7 +192,7 @@ start_server() {
     local name=$1 log=$2 pattern
     : >"$log"
     case $name in
-        wsechod | wsechod-nometrics)
+        wsechod | wsechod-nometrics | wsechod-baseline)
             # The shipped configuration, with only the addresses changed; nothing from the
             # caller's environment (RUST_LOG, WSECHOD_*) may change it, except what
             # BENCH_WSECHOD_ENV names on purpose (experiments: "VAR=VALUE ...").
@@ -198,8 +204,12 @@ start_server() {
             read -r -a extra <<<"${BENCH_WSECHOD_ENV:-}"
             # wsechod-nometrics: the same with [metrics] enabled = false, to price the metrics.
             [[ $name == wsechod-nometrics ]] && extra+=(WSECHOD_METRICS__ENABLED=false)
+            # wsechod-baseline: another build (an earlier commit) with the same configuration,
+            # taking turns with this one: before and after in one run.
+            local bin=$ROOT/target/release/wsechod
+            [[ $name == wsechod-baseline ]] && bin=$BASELINE
             env "${unset[@]}" WSECHOD_SERVER__LISTEN=127.0.0.1:0 WSECHOD_METRICS__LISTEN=127.0.0.1:0 "${extra[@]}" \
-                taskset -c "$SERVER_CPU" "$ROOT/target/release/wsechod" -c "$ROOT/etc/wsechod.toml" \
+                taskset -c "$SERVER_CPU" "$bin" -c "$ROOT/etc/wsechod.toml" \
                 >/dev/null 2>"$log" &
             pattern='listening on ws://127\.0\.0\.1:[0-9]+/ws'
             ;;
