@@ -62,7 +62,7 @@ stage_lint() {
     cargo clippy --locked --all-targets -- -D warnings &&
     shellcheck -x tests/run-all.sh tests/autobahn/*.sh tests/browser/*.sh \
       man/render.sh packaging/build-deb.sh bench/run.sh tests/fuzz.sh fuzz/seeds.sh .ci/run &&
-    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring tests/http2 tests/fleet tests/examples
+    /usr/bin/python3 -m pyflakes tests/e2e tests/monitoring tests/http2 tests/fleet tests/examples tests/pylib
 }
 
 stage_test() { cargo test --locked; }

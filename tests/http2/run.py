@@ -96,6 +96,9 @@ import traceback  # noqa: E402
 import urllib.request  # noqa: E402
 import zlib  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests" / "pylib"))
+import wsechod_harness as harness  # noqa: E402
+
 import h2.config  # noqa: E402
 import h2.connection  # noqa: E402
 import h2.errors  # noqa: E402
@@ -162,14 +165,7 @@ def short(v, n=200):
 
 def wait_until(what, timeout, probe, interval=0.05):
     """Polls probe() until it returns something truthy; raises Failed naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise Failed(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return harness.wait_until(what, timeout, probe, interval, Failed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,31 +242,15 @@ class Daemon:
 
     def wait_notify(self, field, timeout, after=0):
         """Waits for a notify datagram (the `after`-th or later) with a line equal to `field`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for m in self.messages[after:]:
-                if field in m.splitlines():
-                    return m
-            if not self.alive():
-                raise Failed(f"wsechod exited ({self.proc.returncode}):\n{self.tail()}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Failed(f"wsechod sent no {field} within {timeout} s; got {self.messages[after:]}")
-            self.notify.settimeout(min(left, 0.5))
-            try:
-                self.messages.append(self.notify.recv(65536).decode(errors="replace"))
-            except socket.timeout:
-                pass
+        def exited():
+            return None if self.alive() else f"wsechod exited ({self.proc.returncode}):\n{self.tail()}"
+        return harness.wait_notify(self.notify, self.messages, field, timeout, after,
+                                   exited, Failed)
 
     def metrics(self):
         """{'name{labels}': value} from /metrics."""
-        out = {}
         with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line and not line.startswith("#"):
-                    key, _, val = line.rpartition(" ")
-                    out[key] = float(val)
-        return out
+            return harness.parse_metrics(r.read().decode())
 
     def metric(self, key):
         return self.metrics().get(key, 0.0)

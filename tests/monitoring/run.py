@@ -42,6 +42,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "pylib"))
+import wsechod_harness as harness  # noqa: E402
+
 MON = ROOT / "packaging" / "monitoring"
 DASHBOARD = MON / "wsechod-dashboard.json"
 ALERTS = MON / "wsechod-alerts.yml"
@@ -79,14 +82,7 @@ def fail(msg):
 
 def wait_until(what, timeout, probe, interval=0.1):
     """Polls probe() until it returns something truthy; raises TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return harness.wait_until(what, timeout, probe, interval, TimeoutError)
 
 
 def run(argv, timeout, cwd=None):
@@ -501,30 +497,15 @@ class Daemon:
 
     def wait_notify(self, field, timeout, after=0):
         """Waits for a notify datagram (the `after`-th or later) with a line equal to `field`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for m in self.messages[after:]:
-                if field in m.splitlines():
-                    return m
-            if not self.proc.alive():
-                raise RuntimeError(f"wsechod exited ({self.proc.p.returncode}):\n{self.proc.tail()}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"wsechod sent no {field} within {timeout} s; got {self.messages[after:]}")
-            self.notify.settimeout(min(left, 0.5))
-            try:
-                self.messages.append(self.notify.recv(65536).decode(errors="replace"))
-            except socket.timeout:
-                pass
+        def exited():
+            if self.proc.alive():
+                return None
+            return f"wsechod exited ({self.proc.p.returncode}):\n{self.proc.tail()}"
+        return harness.wait_notify(self.notify, self.messages, field, timeout, after, exited)
 
     def metrics(self):
         """{'name{labels}': value} from the daemon's own /metrics."""
-        out = {}
-        for line in http_get(f"http://{self.metrics_addr}/metrics").splitlines():
-            if line and not line.startswith("#"):
-                key, _, val = line.rpartition(" ")
-                out[key] = float(val)
-        return out
+        return harness.parse_metrics(http_get(f"http://{self.metrics_addr}/metrics"))
 
     def reload(self, expect_ok):
         """SIGHUP, then RELOADING=1 ... READY=1 and the reload counter going up."""
