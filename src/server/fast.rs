@@ -16,17 +16,15 @@
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
 
 use crate::connection::Opening;
 use crate::deflate::Agreed;
 use crate::http::{self, Decision, Limit, Policy};
 use crate::settings::Settings;
-use crate::state::AbortReason;
 use crate::tracker::ConnTracker;
 
 use super::Accepted;
-use super::handshake::{Upgraded, greeting};
+use super::handshake::{Upgraded, failed, greeting};
 use super::sniff::Prefixed;
 
 /// Headers a request may have and still take the fast path; more go to hyper.
@@ -119,16 +117,8 @@ where
     let written = tokio::time::timeout_at(accepted.deadline, io.write_all(&fast.response)).await;
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            debug!(error = %e, "handshake failed");
-            tracker.aborted(AbortReason::HandshakeFailed);
-            return None;
-        }
-        Err(_) => {
-            debug!("handshake timed out");
-            tracker.aborted(AbortReason::HandshakeFailed);
-            return None;
-        }
+        Ok(Err(e)) => return failed(tracker, Some(&e)),
+        Err(_) => return failed(tracker, None),
     }
     let early = first.get(fast.head_len..).unwrap_or_default().to_vec();
     Some(Upgraded {

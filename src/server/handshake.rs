@@ -121,15 +121,9 @@ where
             if e.is_parse_too_large() {
                 metrics.handshake_rejected(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16());
             }
-            debug!(error = %e, "handshake failed");
-            tracker.aborted(AbortReason::HandshakeFailed);
-            return None;
+            return failed(tracker, Some(&e));
         }
-        Err(_) => {
-            debug!("handshake timed out");
-            tracker.aborted(AbortReason::HandshakeFailed);
-            return None;
-        }
+        Err(_) => return failed(tracker, None),
     }
     let outcome = std::mem::replace(
         &mut *outcome.lock().unwrap_or_else(|e| e.into_inner()),
@@ -197,4 +191,15 @@ pub(crate) fn greeting(settings: &Settings, accepted: &Accepted) -> Option<Strin
             protocol: "HTTP/1.1",
         })
     })
+}
+
+/// Records a handshake that failed with `error`, or timed out (`None`). Returns `None`, the
+/// handshake's result.
+pub(crate) fn failed<T>(tracker: &ConnTracker, error: Option<&dyn std::fmt::Display>) -> Option<T> {
+    match error {
+        Some(e) => debug!(error = %e, "handshake failed"),
+        None => debug!("handshake timed out"),
+    }
+    tracker.aborted(AbortReason::HandshakeFailed);
+    None
 }

@@ -60,9 +60,11 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "pylib"))
 
 from e2e import (SETTINGS, RootfsJob, Session, assert_eq, case, fail, host_tools, log,  # noqa: E402
                  run, says)
+import wsechod_harness as harness  # noqa: E402
 
 HAPROXY_CFG = os.path.join(ROOT, "packaging/examples/haproxy.cfg")
 INSTANCE_TOML = os.path.join(ROOT, "packaging/examples/wsechod-instance.toml")
@@ -222,12 +224,7 @@ def mono(entry):
 def metrics(ct, port):
     """Every sample of an instance's /metrics: {series: float}."""
     body = ct.n("curl", "-fsS", "--max-time", "5", f"http://127.0.0.1:{port}/metrics", timeout=10)
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            out[k] = float(v)
-    return out
+    return harness.parse_metrics(body)
 
 
 class Client:

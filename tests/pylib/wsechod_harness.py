@@ -1,6 +1,6 @@
-"""What the Python suites (tests/http2, tests/monitoring) share about a wsechod under test:
-waiting for a condition or a notify datagram on the daemon's NOTIFY_SOCKET, and reading its
-/metrics.
+"""What the Python suites (tests/http2, tests/monitoring, tests/fleet) share about a wsechod
+under test: waiting for a condition or a notify datagram on the daemon's NOTIFY_SOCKET, and
+reading its /metrics.
 
 Standard library only: it is imported by /usr/bin/python3 and by the suites' venvs alike.
 """
