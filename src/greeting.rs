@@ -51,6 +51,11 @@ pub struct Facts {
 const KNOWN: &str = "{hostname}, {pid}, {version}, {conn_id}, {peer}, {local}, {protocol}";
 
 impl Template {
+    /// Whether it shows `{local}` (the only fact that costs a system call to learn).
+    pub fn uses_local(&self) -> bool {
+        self.0.contains(&Part::Local)
+    }
+
     /// Parses `text`; an unknown placeholder or a lone brace is an error that says so.
     pub fn parse(text: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
@@ -143,6 +148,16 @@ mod tests {
             local: "10.0.0.1:8080".parse().unwrap(),
             protocol: "HTTP/2",
         }
+    }
+
+    #[test]
+    fn only_a_template_with_local_needs_it() {
+        assert!(Template::parse("via {local}").unwrap().uses_local());
+        assert!(
+            !Template::parse("to {peer} over {protocol}")
+                .unwrap()
+                .uses_local()
+        );
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub struct Accepted {
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The address it connected to.
+    /// The address it connected to, when the greeting shows it (else the peer's).
     pub local: SocketAddr,
     /// The limit it is over, if any (answered with 503 or 429 instead of 101).
     pub limit: Limit,
@@ -166,7 +166,11 @@ impl Handler {
         let accepted = Accepted {
             id,
             peer,
-            local: stream.local_addr().unwrap_or(peer),
+            // Only the greeting shows it: a `getsockname` per connection otherwise spent.
+            local: match &settings.greeting {
+                Some(g) if g.uses_local() => stream.local_addr().unwrap_or(peer),
+                _ => peer,
+            },
             limit,
             // One deadline for TLS and HTTP together.
             deadline: Instant::now() + settings.handshake_timeout,

@@ -22,18 +22,20 @@ async fn text_and_binary_keep_their_type() {
 #[tokio::test]
 async fn the_greeting_comes_first_with_its_placeholders_filled_in() {
     let d = daemon()
-        .config("[websocket]\ngreeting = \"Request served by {hostname} to {peer}, {{conn}} {conn_id}\"\n")
+        .config("[websocket]\ngreeting = \"Request served by {hostname} to {peer} via {local}, {{conn}} {conn_id}\"\n")
         .start()
         .await;
     let mut ws = d.connect().await;
-    let local = ws.get_ref().local_addr().unwrap();
+    // The client's own address is the daemon's peer, and the daemon's the client's peer.
+    let client = ws.get_ref().local_addr().unwrap();
+    let server = ws.get_ref().peer_addr().unwrap();
     let Message::Text(greeting) = recv(&mut ws).await else {
         panic!("the greeting is a text message")
     };
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     assert_eq!(
         greeting.as_str(),
-        format!("Request served by {host} to {local}, {{conn}} 1")
+        format!("Request served by {host} to {client} via {server}, {{conn}} 1")
     );
     // Then an exact echo.
     echo(&mut ws, Message::text("after")).await;
