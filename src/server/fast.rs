@@ -13,7 +13,8 @@
 //! - a 101 written here carries the same header fields as hyper's, less `date` (optional
 //!   in a 1xx response, RFC 9110 section 6.6.1).
 
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::body::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -59,19 +60,28 @@ pub(crate) fn decide(
     if parsed.method != Some("GET") || parsed.version != Some(1) {
         return None;
     }
+    // One copy of the head; the path and every header value are slices of it, not copies
+    // of their own (as hyper does it). httparse's slices point into `bytes`: the same
+    // offsets in `head`.
+    let head = Bytes::copy_from_slice(&bytes[..head_len]);
+    let part = |s: &[u8]| {
+        let start = s.as_ptr() as usize - bytes.as_ptr() as usize;
+        head.slice(start..start + s.len())
+    };
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
     *req.version_mut() = Version::HTTP_11;
-    *req.uri_mut() = parsed.path?.parse::<Uri>().ok()?;
-    let map = req.headers_mut();
+    *req.uri_mut() = Uri::from_maybe_shared(part(parsed.path?.as_bytes())).ok()?;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         // A body (or a claim of one) is hyper's to frame.
         if name == hyper::header::CONTENT_LENGTH || name == hyper::header::TRANSFER_ENCODING {
             return None;
         }
-        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+        map.append(name, HeaderValue::from_maybe_shared(part(h.value)).ok()?);
     }
+    *req.headers_mut() = map;
     let Decision::Upgrade {
         accept,
         protocol,
