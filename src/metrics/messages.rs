@@ -138,10 +138,8 @@ impl Messages {
     #[inline]
     fn shard(&self) -> (&Shard, bool) {
         let slot = SLOT.with(|s| *s);
-        match self.shards.get(slot) {
-            Some(shard) if slot < SHARDS - 1 => (shard, true),
-            _ => (&self.shards[SHARDS - 1], false),
-        }
+        let own = slot < SHARDS - 1;
+        (&self.shards[if own { slot } else { SHARDS - 1 }], own)
     }
 
     /// A message of `len` payload bytes arrived.

@@ -173,6 +173,14 @@ mod tests {
         [REQUEST, extra.as_bytes(), b"\r\n"].concat()
     }
 
+    /// `REQUEST`, ended, with the first `from` replaced by `to`.
+    fn replaced(from: &str, to: &str) -> Vec<u8> {
+        String::from_utf8(request(""))
+            .unwrap()
+            .replacen(from, to, 1)
+            .into()
+    }
+
     fn fast(bytes: &[u8]) -> Option<Fast> {
         decide(bytes, &policy(), Limit::None, 8192)
     }
@@ -246,44 +254,14 @@ mod tests {
         let whole = request("");
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("partial head", whole[..whole.len() - 2].to_vec()),
-            (
-                "404",
-                String::from_utf8(whole.clone())
-                    .unwrap()
-                    .replacen("/ws", "/nope", 1)
-                    .into(),
-            ),
-            (
-                "console",
-                String::from_utf8(whole.clone())
-                    .unwrap()
-                    .replacen("/ws", "/console", 1)
-                    .into(),
-            ),
+            ("404", replaced("/ws", "/nope")),
+            ("console", replaced("/ws", "/console")),
             ("POST", [b"POST".as_slice(), &whole[3..]].concat()),
-            (
-                "HTTP/1.0",
-                String::from_utf8(whole.clone())
-                    .unwrap()
-                    .replacen("HTTP/1.1", "HTTP/1.0", 1)
-                    .into(),
-            ),
+            ("HTTP/1.0", replaced("HTTP/1.1", "HTTP/1.0")),
             ("body", request("Content-Length: 5\r\n")),
             ("chunked", request("Transfer-Encoding: chunked\r\n")),
-            (
-                "version 8",
-                String::from_utf8(whole.clone())
-                    .unwrap()
-                    .replacen(": 13", ": 8", 1)
-                    .into(),
-            ),
-            (
-                "bad key",
-                String::from_utf8(whole.clone())
-                    .unwrap()
-                    .replacen("dGhl", "!", 1)
-                    .into(),
-            ),
+            ("version 8", replaced(": 13", ": 8")),
+            ("bad key", replaced("dGhl", "!")),
             (
                 "too many headers",
                 request(&"X-A: b\r\n".repeat(MAX_HEADERS)),

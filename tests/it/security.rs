@@ -95,7 +95,8 @@ fn certificate(dir: &std::path::Path, name: &str) -> (CertificateDer<'static>, S
 
 type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Connects over TLS trusting only `trusted`; returns the socket and the server's leaf.
+/// Connects over TLS trusting only `trusted`; returns the socket and the server's leaf, and
+/// checks that the 101 came from the fast path (hyper's would carry `date`).
 async fn connect_tls(
     addr: std::net::SocketAddr,
     trusted: &CertificateDer<'static>,
@@ -113,7 +114,12 @@ async fn connect_tls(
         .expect("TLS handshake");
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let url = format!("wss://localhost:{}/ws", addr.port());
-    let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert!(
+        resp.headers().get("date").is_none(),
+        "hyper answered over TLS, not the fast path: {:?}",
+        resp.headers()
+    );
     (ws, leaf)
 }
 
